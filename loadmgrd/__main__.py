@@ -1,0 +1,5 @@
+import sys
+
+from loadmgrd.daemon import main
+
+sys.exit(main())

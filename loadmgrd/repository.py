@@ -1,0 +1,656 @@
+"""The repository: every SQL statement of the project lives in this module.
+
+One SQLite file in WAL mode, opened through aiosqlite with two connections: a writer, whose
+transactions are serialised by an asyncio lock (``BEGIN IMMEDIATE`` … ``COMMIT``), and a reader
+for queries, which sees the last committed state and never waits for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from loadmgrd.errors import AlreadyExists, Conflict, NotFound, RepositoryError
+from loadmgrd.jobfile import STEP_COLUMNS, StepDef
+from loadmgrd.states import ACTIVE_RUN_STATUSES, RunStatus
+from loadmgrd.timefmt import now_ts
+
+Row = dict[str, Any]
+
+_BOOL_FIELDS = ("job_step_ignore_error", "job_step_capture_output", "skip_step")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The numbered ``migrations/NNNN_name.sql`` files shipped in the package, in order."""
+    found = []
+    for entry in resources.files("loadmgrd").joinpath("migrations").iterdir():
+        if entry.name.endswith(".sql") and entry.name[:4].isdigit():
+            found.append(Migration(int(entry.name[:4]), entry.name[5:-4], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise RepositoryError(f"migration numbering has a gap before {migration.version:04d}")
+    return found
+
+
+def _dict(row: sqlite3.Row | None) -> Row | None:
+    return dict(row) if row is not None else None
+
+
+def _step_from_row(row: Mapping[str, Any]) -> StepDef:
+    values = {k: row[k] for k in STEP_COLUMNS}
+    for name in _BOOL_FIELDS:
+        values[name] = bool(values[name])
+    return StepDef.from_mapping(values)
+
+
+class Repository:
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(cls, path: Path, *, busy_timeout: float = 30.0) -> Repository:
+        """Open (creating if needed) the repository file and bring its schema up to date."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RepositoryError(f"cannot create the directory for {path}: {exc.strerror}") from None
+        try:
+            writer = await cls._connect(path, busy_timeout)
+            reader = await cls._connect(path, busy_timeout)
+        except sqlite3.Error as exc:
+            raise RepositoryError(f"cannot open repository {path}: {exc}") from None
+        repo = cls(path, writer, reader)
+        try:
+            await repo.migrate()
+        except BaseException:
+            await repo.close()
+            raise
+        return repo
+
+    @staticmethod
+    async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(str(path), timeout=busy_timeout, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            try:
+                await conn.close()
+            except (sqlite3.Error, ValueError):
+                pass
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; rolled back on any error, including cancellation."""
+        async with self._write_lock:
+            conn = self._writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await asyncio.shield(conn.execute("ROLLBACK"))
+                raise
+            else:
+                await asyncio.shield(conn.execute("COMMIT"))
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Several reads that must see one committed state."""
+        async with self._read_lock:
+            conn = self._reader
+            await conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                await conn.execute("COMMIT")
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        async with self._read_lock, self._reader.execute(sql, params) as cur:
+            return _dict(await cur.fetchone())
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async with self._read_lock, self._reader.execute(sql, params) as cur:
+            return [dict(r) for r in await cur.fetchall()]
+
+    # ------------------------------------------------------------------ schema
+
+    async def migrate(self) -> list[Migration]:
+        """Apply every migration newer than the recorded version, each in its own transaction."""
+        async with self._write_lock:
+            conn = self._writer
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migration ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ts TEXT NOT NULL)"
+            )
+            async with conn.execute("SELECT coalesce(max(version), 0) FROM schema_migration") as cur:
+                row = await cur.fetchone()
+            current = int(row[0]) if row else 0
+            migrations = load_migrations()
+            if current > len(migrations):
+                raise RepositoryError(
+                    f"{self.path} has schema version {current}, newer than this loadmgrd knows "
+                    f"({len(migrations)}); upgrade loadmgr"
+                )
+            applied = []
+            for migration in migrations[current:]:
+                try:
+                    await conn.execute("BEGIN IMMEDIATE")
+                    for statement in _statements(migration.sql):
+                        await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO schema_migration (version, name, applied_ts) VALUES (?, ?, ?)",
+                        (migration.version, migration.name, now_ts()),
+                    )
+                    if migration.version == 1:
+                        await conn.execute(
+                            "INSERT INTO repository_info (id, schema_version, created_ts) VALUES (1, 1, ?)",
+                            (now_ts(),),
+                        )
+                    else:
+                        await conn.execute(
+                            "UPDATE repository_info SET schema_version = ? WHERE id = 1", (migration.version,)
+                        )
+                    await conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    await conn.execute("ROLLBACK")
+                    raise RepositoryError(
+                        f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                    ) from None
+                applied.append(migration)
+            return applied
+
+    async def info(self) -> Row:
+        row = await self._one("SELECT schema_version, maintenance_mode, maintenance_ts, created_ts FROM repository_info")
+        if row is None:
+            raise RepositoryError("repository_info is missing")
+        row["maintenance_mode"] = bool(row["maintenance_mode"])
+        row["database"] = str(self.path)
+        return row
+
+    async def set_maintenance(self, enabled: bool) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE repository_info SET maintenance_mode = ?, maintenance_ts = ? WHERE id = 1",
+                (int(enabled), now_ts()),
+            )
+
+    async def schema_objects(self) -> list[Row]:
+        """Tables and indexes as SQLite records them (for tests comparing schemas)."""
+        return await self._all(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+
+    # ------------------------------------------------------------------ jobs
+
+    async def get_job(self, name: str) -> Row:
+        row = await self._one("SELECT * FROM job WHERE job_name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no job named {name!r}")
+        return row
+
+    async def find_job(self, name: str) -> Row | None:
+        return await self._one("SELECT * FROM job WHERE job_name = ?", (name,))
+
+    async def jobs_in_group(self, group: str) -> list[Row]:
+        return await self._all("SELECT * FROM job WHERE job_group = ? ORDER BY job_name", (group,))
+
+    async def job_steps(self, job_key: int) -> list[StepDef]:
+        rows = await self._all("SELECT * FROM job_step WHERE job_key = ? ORDER BY job_step", (job_key,))
+        return [_step_from_row(r) for r in rows]
+
+    async def import_job(
+        self, name: str, group: str | None, job_file: str, steps: Sequence[StepDef], *, force: bool
+    ) -> str:
+        """Add a job, or replace its steps with ``force``. Returns created/replaced/exists."""
+        now = now_ts()
+        async with self._tx() as conn:
+            async with conn.execute("SELECT job_key FROM job WHERE job_name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+            if row is not None and not force:
+                return "exists"
+            if row is None:
+                cur2 = await conn.execute(
+                    "INSERT INTO job (job_name, job_group, job_file, created_ts, updated_ts) VALUES (?, ?, ?, ?, ?)",
+                    (name, group, job_file, now, now),
+                )
+                job_key = cur2.lastrowid
+                outcome = "created"
+            else:
+                job_key = row[0]
+                await conn.execute(
+                    "UPDATE job SET job_group = coalesce(?, job_group), job_file = ?, updated_ts = ? WHERE job_key = ?",
+                    (group, job_file, now, job_key),
+                )
+                await conn.execute("DELETE FROM job_step WHERE job_key = ?", (job_key,))
+                outcome = "replaced"
+            await conn.executemany(
+                f"INSERT INTO job_step (job_key, {', '.join(STEP_COLUMNS)}) "
+                f"VALUES (?, {', '.join('?' for _ in STEP_COLUMNS)})",
+                [(job_key, *(_sql_value(getattr(s, c)) for c in STEP_COLUMNS)) for s in steps],
+            )
+        return outcome
+
+    async def rename_job(self, old: str, new: str) -> None:
+        async with self._tx() as conn:
+            await self._require_absent(conn, "SELECT 1 FROM job WHERE job_name = ?", (new,), f"a job named {new!r} already exists")
+            cur = await conn.execute("UPDATE job SET job_name = ?, updated_ts = ? WHERE job_name = ?", (new, now_ts(), old))
+            if cur.rowcount == 0:
+                raise NotFound(f"no job named {old!r}")
+
+    async def set_job_group(self, name: str, group: str | None) -> None:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "UPDATE job SET job_group = ?, updated_ts = ? WHERE job_name = ?", (group, now_ts(), name)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no job named {name!r}")
+
+    async def remove_job(self, name: str) -> None:
+        async with self._tx() as conn:
+            cur = await conn.execute("DELETE FROM job WHERE job_name = ?", (name,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no job named {name!r}")
+
+    async def list_jobs(self, status: str | None = None) -> list[Row]:
+        sql = (
+            "SELECT j.job_name, j.job_group, coalesce(r.status, ?) AS status, r.run_id, "
+            "r.start_ts, r.end_ts, r.current_step FROM job j LEFT JOIN job_run r ON r.job_key = j.job_key"
+        )
+        params: list[Any] = [RunStatus.NOT_RUNNING.value]
+        if status is not None:
+            sql += " WHERE coalesce(r.status, ?) = ?"
+            params += [RunStatus.NOT_RUNNING.value, status]
+        sql += " ORDER BY j.job_name"
+        return await self._all(sql, params)
+
+    async def current_run(self, job_key: int) -> Row | None:
+        return await self._one("SELECT * FROM job_run WHERE job_key = ?", (job_key,))
+
+    async def reset_run(self, job_key: int, reason: str) -> str | None:
+        """Set a run left in a running status back to ``Not Running``; returns the old status."""
+        async with self._tx() as conn:
+            async with conn.execute("SELECT status FROM job_run WHERE job_key = ?", (job_key,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            await conn.execute(
+                "UPDATE job_run SET status = ?, status_reason = ?, end_ts = coalesce(end_ts, ?) WHERE job_key = ?",
+                (RunStatus.NOT_RUNNING.value, reason, now_ts(), job_key),
+            )
+            return str(row[0])
+
+    async def fail_abandoned_runs(self, reason: str) -> list[Row]:
+        """Crash recovery: every run left in an active status becomes ``Failed`` with ``reason``."""
+        statuses = [s.value for s in ACTIVE_RUN_STATUSES]
+        marks = ", ".join("?" for _ in statuses)
+        async with self._tx() as conn:
+            async with conn.execute(
+                f"SELECT r.run_key, r.run_id, r.status, j.job_name FROM job_run r JOIN job j USING (job_key) "
+                f"WHERE r.status IN ({marks})",
+                statuses,
+            ) as cur:
+                rows = [dict(r) for r in await cur.fetchall()]
+            if rows:
+                now = now_ts()
+                await conn.execute(
+                    f"UPDATE job_run SET status = ?, status_reason = ?, end_ts = ? WHERE status IN ({marks})",
+                    (RunStatus.FAILED.value, reason, now, *statuses),
+                )
+                await conn.execute(
+                    "UPDATE job_run_step SET status = 'Failure', message = ?, end_ts = ? "
+                    f"WHERE status = 'Running' AND run_key IN (SELECT run_key FROM job_run WHERE status = ?)",
+                    (reason, now, RunStatus.FAILED.value),
+                )
+            return rows
+
+    # ------------------------------------------------------------------ events
+
+    async def add_event(self, job: str, name: str, action: str, event_type: str, item: str) -> None:
+        async with self._tx() as conn:
+            job_key = await self._job_key(conn, job)
+            await self._require_absent(
+                conn,
+                "SELECT 1 FROM job_event WHERE job_key = ? AND event_name = ?",
+                (job_key, name),
+                f"job {job!r} already has an event named {name!r}",
+            )
+            await conn.execute(
+                "INSERT INTO job_event (job_key, event_name, action_type, event_type, event_item, created_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_key, name, action, event_type, item, now_ts()),
+            )
+
+    async def set_events_enabled(self, job: str, names: Iterable[str], enabled: bool) -> None:
+        async with self._tx() as conn:
+            job_key = await self._job_key(conn, job)
+            for name in names:
+                cur = await conn.execute(
+                    "UPDATE job_event SET enabled = ? WHERE job_key = ? AND event_name = ?", (int(enabled), job_key, name)
+                )
+                if cur.rowcount == 0:
+                    raise NotFound(f"job {job!r} has no event named {name!r}")
+
+    async def remove_events(self, job: str, names: Iterable[str]) -> None:
+        async with self._tx() as conn:
+            job_key = await self._job_key(conn, job)
+            for name in names:
+                cur = await conn.execute("DELETE FROM job_event WHERE job_key = ? AND event_name = ?", (job_key, name))
+                if cur.rowcount == 0:
+                    raise NotFound(f"job {job!r} has no event named {name!r}")
+
+    async def rename_event(self, job: str, old: str, new: str) -> None:
+        async with self._tx() as conn:
+            job_key = await self._job_key(conn, job)
+            await self._require_absent(
+                conn,
+                "SELECT 1 FROM job_event WHERE job_key = ? AND event_name = ?",
+                (job_key, new),
+                f"job {job!r} already has an event named {new!r}",
+            )
+            cur = await conn.execute(
+                "UPDATE job_event SET event_name = ? WHERE job_key = ? AND event_name = ?", (new, job_key, old)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"job {job!r} has no event named {old!r}")
+
+    async def list_events(self, job_key: int) -> list[Row]:
+        rows = await self._all(
+            "SELECT event_name, action_type, event_type, event_item, enabled, created_ts FROM job_event "
+            "WHERE job_key = ? ORDER BY event_name",
+            (job_key,),
+        )
+        for row in rows:
+            row["enabled"] = bool(row["enabled"])
+        return rows
+
+    # ------------------------------------------------------------------ processes
+
+    async def upsert_process(self, name: str, settings: Mapping[str, Any], *, update_only: bool) -> str:
+        """Create a process or change the given settings. Returns created/updated."""
+        now = now_ts()
+        async with self._tx() as conn:
+            async with conn.execute("SELECT process_key FROM process WHERE process_name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                if update_only:
+                    raise NotFound(f"no process named {name!r}")
+                values = {**_PROCESS_DEFAULTS, **settings}
+                cols = ", ".join(values)
+                await conn.execute(
+                    f"INSERT INTO process (process_name, {cols}, created_ts, updated_ts) "
+                    f"VALUES (?, {', '.join('?' for _ in values)}, ?, ?)",
+                    (name, *(_sql_value(v) for v in values.values()), now, now),
+                )
+                return "created"
+            if settings:
+                assignments = ", ".join(f"{col} = ?" for col in settings)
+                await conn.execute(
+                    f"UPDATE process SET {assignments}, updated_ts = ? WHERE process_key = ?",
+                    (*(_sql_value(v) for v in settings.values()), now, row[0]),
+                )
+            return "updated"
+
+    async def get_process(self, name: str) -> Row:
+        row = await self._one("SELECT * FROM process WHERE process_name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no process named {name!r}")
+        row["currency_date_flag"] = bool(row["currency_date_flag"])
+        return row
+
+    async def remove_process(self, name: str) -> None:
+        async with self._tx() as conn:
+            async with conn.execute("SELECT process_key FROM process WHERE process_name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no process named {name!r}")
+            async with conn.execute(
+                "SELECT c.table_schema, c.table_name FROM process_currency_link l "
+                "JOIN data_currency c USING (currency_key) WHERE l.process_key = ? ORDER BY 1, 2",
+                (row[0],),
+            ) as cur:
+                links = await cur.fetchall()
+            if links:
+                tables = ", ".join(f"{s}.{t}" for s, t in links)
+                first = links[0]
+                raise Conflict(
+                    f"process {name!r} is linked to {tables}; remove the links first "
+                    f"(loadmgrctl link remove {name} {first[0]} {first[1]})"
+                )
+            await conn.execute("DELETE FROM process WHERE process_key = ?", (row[0],))
+
+    async def rename_process(self, old: str, new: str) -> None:
+        async with self._tx() as conn:
+            await self._require_absent(
+                conn, "SELECT 1 FROM process WHERE process_name = ?", (new,), f"a process named {new!r} already exists"
+            )
+            cur = await conn.execute(
+                "UPDATE process SET process_name = ?, updated_ts = ? WHERE process_name = ?", (new, now_ts(), old)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no process named {old!r}")
+
+    async def process_details(self, name: str) -> Row:
+        async with self._snapshot() as conn:
+            async with conn.execute("SELECT * FROM process WHERE process_name = ?", (name,)) as cur:
+                process = _dict(await cur.fetchone())
+            if process is None:
+                raise NotFound(f"no process named {name!r}")
+            process["currency_date_flag"] = bool(process["currency_date_flag"])
+            async with conn.execute(
+                "SELECT batch_nbr, run_id, job_name, load_strategy, currency_start_dttm, currency_end_dttm, "
+                "status, start_ts, end_ts, duration, row_count FROM process_log WHERE process_key = ? "
+                "ORDER BY process_log_key DESC LIMIT 1",
+                (process["process_key"],),
+            ) as cur:
+                latest = _dict(await cur.fetchone())
+            async with conn.execute(
+                "SELECT c.table_schema, c.table_name FROM process_currency_link l "
+                "JOIN data_currency c USING (currency_key) WHERE l.process_key = ? ORDER BY 1, 2",
+                (process["process_key"],),
+            ) as cur:
+                links = [f"{r[0]}.{r[1]}" for r in await cur.fetchall()]
+        return {"process": process, "latest_log": latest, "linked_tables": links}
+
+    # ------------------------------------------------------------------ data currency
+
+    async def configure_currency(self, schema: str, table: str, settings: Mapping[str, Any]) -> str:
+        now = now_ts()
+        async with self._tx() as conn:
+            async with conn.execute(
+                "SELECT currency_key FROM data_currency WHERE table_schema = ? AND table_name = ?", (schema, table)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                cols = ", ".join(settings)
+                await conn.execute(
+                    f"INSERT INTO data_currency (table_schema, table_name, {cols}, created_ts, updated_ts) "
+                    f"VALUES (?, ?, {', '.join('?' for _ in settings)}, ?, ?)",
+                    (schema, table, *(_sql_value(v) for v in settings.values()), now, now),
+                )
+                return "created"
+            assignments = ", ".join(f"{col} = ?" for col in settings)
+            await conn.execute(
+                f"UPDATE data_currency SET {assignments}, updated_ts = ? WHERE currency_key = ?",
+                (*(_sql_value(v) for v in settings.values()), now, row[0]),
+            )
+            return "updated"
+
+    async def remove_currency(self, schema: str, table: str) -> None:
+        async with self._tx() as conn:
+            key = await self._currency_key(conn, schema, table)
+            async with conn.execute(
+                "SELECT p.process_name FROM process_currency_link l JOIN process p USING (process_key) "
+                "WHERE l.currency_key = ? ORDER BY 1",
+                (key,),
+            ) as cur:
+                linked = [r[0] for r in await cur.fetchall()]
+            if linked:
+                raise Conflict(
+                    f"table {schema}.{table} is linked to process(es) {', '.join(linked)}; remove the links "
+                    f"first (loadmgrctl link remove {linked[0]} {schema} {table})"
+                )
+            await conn.execute("DELETE FROM data_currency WHERE currency_key = ?", (key,))
+
+    async def rename_currency(self, schema: str, table: str, new_schema: str, new_table: str) -> None:
+        async with self._tx() as conn:
+            key = await self._currency_key(conn, schema, table)
+            await self._require_absent(
+                conn,
+                "SELECT 1 FROM data_currency WHERE table_schema = ? AND table_name = ?",
+                (new_schema, new_table),
+                f"data currency for {new_schema}.{new_table} already exists",
+            )
+            await conn.execute(
+                "UPDATE data_currency SET table_schema = ?, table_name = ?, updated_ts = ? WHERE currency_key = ?",
+                (new_schema, new_table, now_ts(), key),
+            )
+
+    async def currency_details(self, schema: str, table: str) -> Row:
+        async with self._snapshot() as conn:
+            async with conn.execute(
+                "SELECT * FROM data_currency WHERE table_schema = ? AND table_name = ?", (schema, table)
+            ) as cur:
+                currency = _dict(await cur.fetchone())
+            if currency is None:
+                raise NotFound(f"no data currency configured for {schema}.{table}")
+            for flag in ("currency_date_offset", "active"):
+                currency[flag] = bool(currency[flag])
+            async with conn.execute(
+                "SELECT currency_dttm, currency_date, run_id, logged_ts FROM data_currency_log "
+                "WHERE currency_key = ? ORDER BY currency_log_key DESC LIMIT 1",
+                (currency["currency_key"],),
+            ) as cur:
+                latest = _dict(await cur.fetchone())
+            async with conn.execute(
+                "SELECT p.process_name FROM process_currency_link l JOIN process p USING (process_key) "
+                "WHERE l.currency_key = ? ORDER BY 1",
+                (currency["currency_key"],),
+            ) as cur:
+                linked = [r[0] for r in await cur.fetchall()]
+        return {
+            "currency": currency,
+            "current_currency_dttm": latest["currency_dttm"] if latest else None,
+            "current_currency_date": latest["currency_date"] if latest else None,
+            "latest_log": latest,
+            "linked_processes": linked,
+        }
+
+    # ------------------------------------------------------------------ links
+
+    async def create_link(self, process: str, schema: str, table: str) -> None:
+        async with self._tx() as conn:
+            process_key = await self._process_key(conn, process)
+            currency_key = await self._currency_key(conn, schema, table)
+            await self._require_absent(
+                conn,
+                "SELECT 1 FROM process_currency_link WHERE process_key = ? AND currency_key = ?",
+                (process_key, currency_key),
+                f"process {process!r} is already linked to {schema}.{table}",
+            )
+            await conn.execute(
+                "INSERT INTO process_currency_link (process_key, currency_key, created_ts) VALUES (?, ?, ?)",
+                (process_key, currency_key, now_ts()),
+            )
+
+    async def remove_link(self, process: str, schema: str, table: str) -> None:
+        async with self._tx() as conn:
+            process_key = await self._process_key(conn, process)
+            currency_key = await self._currency_key(conn, schema, table)
+            cur = await conn.execute(
+                "DELETE FROM process_currency_link WHERE process_key = ? AND currency_key = ?",
+                (process_key, currency_key),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"process {process!r} is not linked to {schema}.{table}")
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    async def _require_absent(conn: aiosqlite.Connection, sql: str, params: Sequence[Any], message: str) -> None:
+        async with conn.execute(sql, params) as cur:
+            if await cur.fetchone() is not None:
+                raise AlreadyExists(message)
+
+    @staticmethod
+    async def _job_key(conn: aiosqlite.Connection, name: str) -> int:
+        async with conn.execute("SELECT job_key FROM job WHERE job_name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no job named {name!r}")
+        return int(row[0])
+
+    @staticmethod
+    async def _process_key(conn: aiosqlite.Connection, name: str) -> int:
+        async with conn.execute("SELECT process_key FROM process WHERE process_name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no process named {name!r}")
+        return int(row[0])
+
+    @staticmethod
+    async def _currency_key(conn: aiosqlite.Connection, schema: str, table: str) -> int:
+        async with conn.execute(
+            "SELECT currency_key FROM data_currency WHERE table_schema = ? AND table_name = ?", (schema, table)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no data currency configured for {schema}.{table}")
+        return int(row[0])
+
+
+_PROCESS_DEFAULTS: dict[str, Any] = {
+    "process_type": "ingestion",
+    "subject_area": None,
+    "row_count_type": "Batch",
+    "row_count_property": None,
+    "currency_date_flag": False,
+    "currency_start_offset": 0,
+    "currency_end_offset": 0,
+}
+
+
+def _sql_value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (sqlite3.complete_statement knows the grammar)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if not buffer and line.strip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

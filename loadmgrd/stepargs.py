@@ -1,0 +1,57 @@
+"""Step arguments: a JSON object, or ``key=value`` pairs split the way a shell would. Pure."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from loadmgrd.errors import InvalidInput
+
+
+def parse_args(text: str) -> dict[str, str]:
+    """Parse ``job_step_args``. Values become strings (JSON scalars) or JSON text (objects/lists)."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"step args are not valid JSON: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(value, dict):
+            raise InvalidInput("step args in JSON must be an object")
+        return {str(k): _as_text(v) for k, v in value.items()}
+    try:
+        words = shlex.split(text, comments=False, posix=True)
+    except ValueError as exc:
+        raise InvalidInput(f"step args cannot be split: {exc}") from None
+    args: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"step arg {word!r} is not in key=value form")
+        args[key] = value
+    return args
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value)
+
+
+def parse_tempargs(items: list[str]) -> dict[str, str]:
+    """``--tempargs key:value ...``: every item must have a non-empty key before the first colon."""
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip():
+            raise InvalidInput(f"temp arg {item!r} is not in key:value form")
+        result[key.strip()] = value
+    return result
