@@ -73,7 +73,7 @@ class JobsConfig(_Section):
     def _one_char(cls, value: str) -> str:
         if value == "\\t":
             value = "\t"
-        if len(value) != 1 or value in "\"\\\r\n":
+        if len(value) != 1 or value in '"\\\r\n':
             raise ValueError("must be a single character other than a quote, backslash or newline")
         return value
 
@@ -216,9 +216,7 @@ def load_config(path: Path | None) -> Config:
     try:
         parser.read_string(text, source=where)
     except configparser.DuplicateOptionError as exc:
-        raise ConfigError(
-            f"{where}, line {exc.lineno}: key {exc.section}.{exc.option} is given twice"
-        ) from None
+        raise ConfigError(f"{where}, line {exc.lineno}: key {exc.section}.{exc.option} is given twice") from None
     except configparser.DuplicateSectionError as exc:
         raise ConfigError(f"{where}, line {exc.lineno}: section [{exc.section}] is given twice") from None
     except configparser.MissingSectionHeaderError as exc:
@@ -236,9 +234,7 @@ def load_config(path: Path | None) -> Config:
     raw: dict[str, Any] = {}
     for section in parser.sections():
         if section not in _SECTIONS:
-            raise ConfigError(
-                f"{where}{line_of(section)}: unknown section [{section}] (known: {', '.join(_SECTIONS)})"
-            )
+            raise ConfigError(f"{where}{line_of(section)}: unknown section [{section}] (known: {', '.join(_SECTIONS)})")
         items = dict(parser.items(section))
         if section == "targets":
             default = items.pop("default_target", None)

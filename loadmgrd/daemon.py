@@ -103,7 +103,12 @@ class Daemon:
         log.info("repository %s at schema version %s", info["database"], info["schema_version"])
         recovered = await repo.fail_abandoned_runs(CRASH_REASON)
         for run in recovered:
-            log.warning("run %s of job %s was %s when loadmgrd stopped: marked Failed", run["run_id"], run["job_name"], run["status"])
+            log.warning(
+                "run %s of job %s was %s when loadmgrd stopped: marked Failed",
+                run["run_id"],
+                run["job_name"],
+                run["status"],
+            )
 
         from loadmgrd import handlers  # noqa: F401 - registers the JSON-RPC methods
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from loadmgrd.errors import InvalidInput, JobFileError
-from loadmgrd.stepargs import parse_args
 from loadmgrd.states import StepFunction
+from loadmgrd.stepargs import parse_args
 
 REQUIRED_COLUMNS = ("job_step", "job_step_function", "job_step_command")
 STEP_COLUMNS = (
@@ -125,9 +125,7 @@ def _split_record(line: str, delimiter: str, file: str, number: int) -> list[tup
                 quoted = False
                 following = line[i + 1 : i + 2]
                 if following and following != delimiter:
-                    raise JobFileError(
-                        file, number, i + 2, f"unexpected {following!r} after a closing quote"
-                    )
+                    raise JobFileError(file, number, i + 2, f"unexpected {following!r} after a closing quote")
             else:
                 quoted = True
             at_field_start = False
@@ -336,7 +334,10 @@ def parse_json(content: str, file: str) -> ParsedJobFile:
         step = StepDef(**kwargs)
         if step.job_step in seen:
             raise JobFileError(
-                file, line, "job_step", f"{where}: step {step.job_step} is already defined in steps[{seen[step.job_step]}]"
+                file,
+                line,
+                "job_step",
+                f"{where}: step {step.job_step} is already defined in steps[{seen[step.job_step]}]",
             )
         seen[step.job_step] = index
         steps.append(step)
@@ -366,7 +367,9 @@ def validate(parsed: ParsedJobFile, file: str) -> None:
         for column in ("job_step_wait_step", "job_step_alt_wait_step"):
             target = getattr(step, column)
             if target and target not in numbers:
-                raise JobFileError(file, None, column, f"step {step.job_step} waits for step {target}, which does not exist")
+                raise JobFileError(
+                    file, None, column, f"step {step.job_step} waits for step {target}, which does not exist"
+                )
             if target == step.job_step:
                 raise JobFileError(file, None, column, f"step {step.job_step} waits for itself")
     cycle = find_cycle(prerequisites(parsed.steps))

@@ -109,9 +109,7 @@ def validate_params(model: type[Params], params: dict[str, Any] | list[Any] | No
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown parameter"
-        raise ProtocolError(
-            ErrorCode.INVALID_PARAMS, f"{method}: {where}: {message}", data={"param": where}
-        ) from None
+        raise ProtocolError(ErrorCode.INVALID_PARAMS, f"{method}: {where}: {message}", data={"param": where}) from None
 
 
 def result_line(request_id: Any, result: Any) -> bytes:

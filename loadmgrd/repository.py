@@ -8,6 +8,7 @@ for queries, which sees the last committed state and never waits for the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -101,10 +102,8 @@ class Repository:
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
-            try:
+            with contextlib.suppress(sqlite3.Error, ValueError):
                 await conn.close()
-            except (sqlite3.Error, ValueError):
-                pass
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -180,14 +179,14 @@ class Repository:
                     await conn.execute("COMMIT")
                 except sqlite3.Error as exc:
                     await conn.execute("ROLLBACK")
-                    raise RepositoryError(
-                        f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-                    ) from None
+                    raise RepositoryError(f"migration {migration.version:04d}_{migration.name} failed: {exc}") from None
                 applied.append(migration)
             return applied
 
     async def info(self) -> Row:
-        row = await self._one("SELECT schema_version, maintenance_mode, maintenance_ts, created_ts FROM repository_info")
+        row = await self._one(
+            "SELECT schema_version, maintenance_mode, maintenance_ts, created_ts FROM repository_info"
+        )
         if row is None:
             raise RepositoryError("repository_info is missing")
         row["maintenance_mode"] = bool(row["maintenance_mode"])
@@ -259,8 +258,12 @@ class Repository:
 
     async def rename_job(self, old: str, new: str) -> None:
         async with self._tx() as conn:
-            await self._require_absent(conn, "SELECT 1 FROM job WHERE job_name = ?", (new,), f"a job named {new!r} already exists")
-            cur = await conn.execute("UPDATE job SET job_name = ?, updated_ts = ? WHERE job_name = ?", (new, now_ts(), old))
+            await self._require_absent(
+                conn, "SELECT 1 FROM job WHERE job_name = ?", (new,), f"a job named {new!r} already exists"
+            )
+            cur = await conn.execute(
+                "UPDATE job SET job_name = ?, updated_ts = ? WHERE job_name = ?", (new, now_ts(), old)
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"no job named {old!r}")
 
@@ -325,7 +328,7 @@ class Repository:
                 )
                 await conn.execute(
                     "UPDATE job_run_step SET status = 'Failure', message = ?, end_ts = ? "
-                    f"WHERE status = 'Running' AND run_key IN (SELECT run_key FROM job_run WHERE status = ?)",
+                    "WHERE status = 'Running' AND run_key IN (SELECT run_key FROM job_run WHERE status = ?)",
                     (reason, now, RunStatus.FAILED.value),
                 )
             return rows
@@ -352,7 +355,8 @@ class Repository:
             job_key = await self._job_key(conn, job)
             for name in names:
                 cur = await conn.execute(
-                    "UPDATE job_event SET enabled = ? WHERE job_key = ? AND event_name = ?", (int(enabled), job_key, name)
+                    "UPDATE job_event SET enabled = ? WHERE job_key = ? AND event_name = ?",
+                    (int(enabled), job_key, name),
                 )
                 if cur.rowcount == 0:
                     raise NotFound(f"job {job!r} has no event named {name!r}")
@@ -435,7 +439,7 @@ class Repository:
                 "JOIN data_currency c USING (currency_key) WHERE l.process_key = ? ORDER BY 1, 2",
                 (row[0],),
             ) as cur:
-                links = await cur.fetchall()
+                links = list(await cur.fetchall())
             if links:
                 tables = ", ".join(f"{s}.{t}" for s, t in links)
                 first = links[0]

@@ -43,7 +43,9 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, *, admin: bool, params: type[P]) -> Callable[[Callable[[Context, P], Awaitable[Any]]], Callable[[Context, P], Awaitable[Any]]]:
+def method(
+    name: str, *, admin: bool, params: type[P]
+) -> Callable[[Callable[[Context, P], Awaitable[Any]]], Callable[[Context, P], Awaitable[Any]]]:
     """Register ``handler`` as JSON-RPC method ``name``; its docstring's first line is its summary."""
 
     def register(handler: Callable[[Context, P], Awaitable[Any]]) -> Callable[[Context, P], Awaitable[Any]]:

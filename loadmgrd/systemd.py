@@ -14,9 +14,8 @@ def notify(message: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        with contextlib.suppress(OSError):
-            sock.connect(address)
-            sock.sendall(message.encode("utf-8"))
-            return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock, contextlib.suppress(OSError):
+        sock.connect(address)
+        sock.sendall(message.encode("utf-8"))
+        return True
     return False

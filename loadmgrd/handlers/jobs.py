@@ -75,7 +75,13 @@ async def job_export(ctx: Context, params: ExportParams) -> dict[str, Any]:
                         "export as JSON (a file name ending in .json)"
                     )
         content = jobfile.to_csv(steps, delimiter, job=params.job)
-    return {"job": params.job, "group": job["job_group"], "format": params.format, "steps": len(steps), "content": content}
+    return {
+        "job": params.job,
+        "group": job["job_group"],
+        "format": params.format,
+        "steps": len(steps),
+        "content": content,
+    }
 
 
 class JobParams(Params):

@@ -25,8 +25,13 @@ class SettingsParams(Params):
         out: dict[str, Any] = {}
         for key in sorted(given):
             value = getattr(self, key)
-            if value is None and key in ("process_type", "row_count_type", "currency_date_flag",
-                                         "currency_start_offset", "currency_end_offset"):
+            if value is None and key in (
+                "process_type",
+                "row_count_type",
+                "currency_date_flag",
+                "currency_start_offset",
+                "currency_end_offset",
+            ):
                 continue
             out[key] = value.value if isinstance(value, ProcessType | RowCountType) else value
         return out

@@ -1,0 +1,42 @@
+# One target per task. `make run` and `make test` are the two commands of the README.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test lint typecheck pytest install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## Run the daemon in the foreground on the built-in defaults (state under ~/.local/state/loadmgr).
+run: install
+	$(BIN)/loadmgrd
+
+lint: install-test
+	$(BIN)/ruff check loadmgrd loadmgrctl tests
+
+typecheck: install-test
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected nothing: that is a failure here too.
+pytest: install-test
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	 if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
+
+## Lint, type-check and run the whole test suite.
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from loadmgrctl.cli import main
+
+sys.exit(main())

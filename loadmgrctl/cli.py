@@ -1,0 +1,627 @@
+"""loadmgrctl: every command is one JSON-RPC request to loadmgrd over its Unix socket.
+
+Exit codes: 0 success; 1 the daemon refused or failed the request; 2 bad command line;
+4 permission denied (an admin command from a non-admin user); 5 loadmgrd cannot be reached.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from loadmgrctl import output
+from loadmgrctl.transport import ClientError, call
+
+app = typer.Typer(
+    name="loadmgrctl",
+    help="Control the Load Manager daemon (loadmgrd).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+job_app = typer.Typer(help="Manage jobs and their steps.", no_args_is_help=True)
+event_app = typer.Typer(help="Manage a job's wait and create events.", no_args_is_help=True)
+process_app = typer.Typer(help="Manage processes (load windows).", no_args_is_help=True)
+currency_app = typer.Typer(help="Manage the data currency of tables.", no_args_is_help=True)
+link_app = typer.Typer(help="Link processes to tables' data currency.", no_args_is_help=True)
+repo_app = typer.Typer(help="Manage the repository.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+app.add_typer(event_app, name="event")
+app.add_typer(process_app, name="process")
+app.add_typer(currency_app, name="currency")
+app.add_typer(link_app, name="link")
+app.add_typer(repo_app, name="repo")
+
+
+@dataclass
+class Settings:
+    socket: Path | None
+    config: Path | None
+    debug: bool
+
+    def socket_path(self) -> Path:
+        if self.socket is not None:
+            return self.socket
+        from loadmgrd.paths import find_config_file, socket_from_config
+
+        return socket_from_config(find_config_file(self.config))
+
+
+_settings = Settings(None, None, False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.callback()
+def _options(
+    socket: Annotated[
+        Path | None,
+        typer.Option("--socket", envvar="LOADMGR_SOCKET", help="loadmgrd's socket (default: from the config)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Config file (default: $LOADMGR_CONFIG/loadmgr_config.cfg)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    global _settings
+    _settings = Settings(socket, config, debug)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    output.error(message)
+    raise typer.Exit(code)
+
+
+def rpc(method: str, params: dict[str, Any] | None = None) -> Any:
+    """Send one request; print the daemon's message and exit non-zero on any error."""
+    settings = _settings
+    try:
+        return call(settings.socket_path(), method, params)
+    except ClientError as exc:
+        if settings.debug:
+            import traceback
+
+            traceback.print_exc()
+        _fail(str(exc), exc.exit_code)
+
+
+def _warnings(result: dict[str, Any]) -> None:
+    for message in result.get("warnings", []):
+        output.warn(message)
+
+
+# ---------------------------------------------------------------------------- top level
+
+
+@app.command()
+def ping(as_json: JsonOpt = False) -> None:
+    """Check that loadmgrd answers; show its version and schema version."""
+    result = rpc("ping")
+    if as_json:
+        output.print_json(result)
+        return
+    role = "admin" if result["peer"]["admin"] else "read-only"
+    maintenance = ", maintenance mode ON" if result["maintenance_mode"] else ""
+    output.info(
+        f"loadmgrd {result['version']} (pid {result['pid']}), schema version {result['schema_version']}"
+        f"{maintenance}; you are {result['peer']['user']} ({role})"
+    )
+
+
+class RunStatusChoice(StrEnum):
+    not_running = "Not Running"
+    ready = "Ready"
+    waiting = "Waiting"
+    running = "Running"
+    pausing = "Pausing In Progress"
+    paused = "Paused"
+    stopping = "Stopping In Progress"
+    stopped = "Stopped"
+    completed = "Completed"
+    failed = "Failed"
+
+
+@app.command()
+def listall(
+    status: Annotated[
+        RunStatusChoice | None, typer.Option("--status", help="Only jobs in this status.", case_sensitive=False)
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every job: name, group, status, start, end."""
+    result = rpc("listall", {"status": status.value} if status else {})
+    if as_json:
+        output.print_json(result["jobs"])
+        return
+    output.print_table(
+        ["Job", "Group", "Status", "Start", "End"],
+        (
+            [
+                j["job_name"],
+                j["job_group"],
+                j["status"],
+                output.local_time(j["start_ts"]),
+                output.local_time(j["end_ts"]),
+            ]
+            for j in result["jobs"]
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+@job_app.command("import")
+def job_import(
+    job: Annotated[str, typer.Argument(help="Job name.")],
+    job_file: Annotated[Path, typer.Argument(help="Job file (CSV, or JSON with a steps list).")],
+    force: Annotated[bool, typer.Option("-f", "--force", help="Replace the steps of an existing job.")] = False,
+    group: Annotated[str | None, typer.Option("-g", "--group", help="Job group.")] = None,
+) -> None:
+    """Add a job from a job file (with --force, replace an existing job's steps)."""
+    try:
+        data = job_file.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {job_file}: {exc.strerror}")
+    params: dict[str, Any] = {
+        "job": job,
+        "file_name": str(job_file),
+        "content_base64": base64.b64encode(data).decode("ascii"),
+        "force": force,
+    }
+    if group is not None:
+        params["group"] = group
+    result = rpc("job.import", params)
+    _warnings(result)
+    if result["outcome"] == "created":
+        output.info(f"job {job} imported with {result['steps']} steps")
+    elif result["outcome"] == "replaced":
+        output.info(f"job {job} replaced with {result['steps']} steps")
+
+
+@job_app.command("export")
+def job_export(
+    job: Annotated[str, typer.Argument(help="Job name.")],
+    job_file: Annotated[str, typer.Argument(help="File to write ('-' for standard output).")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv or json (default: from the file name, else csv).")
+    ] = None,
+) -> None:
+    """Write a job's steps to a job file that re-imports to the same job."""
+    chosen = fmt or ("json" if job_file.lower().endswith(".json") else "csv")
+    if chosen not in ("csv", "json"):
+        _fail(f"--format must be csv or json, not {chosen!r}", 2)
+    result = rpc("job.export", {"job": job, "format": chosen})
+    if job_file == "-":
+        sys.stdout.write(result["content"])
+        return
+    try:
+        Path(job_file).write_text(result["content"], encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {job_file}: {exc.strerror}")
+    output.info(f"job {job} exported to {job_file} ({result['steps']} steps)")
+
+
+@job_app.command("view")
+def job_view(job: Annotated[str, typer.Argument(help="Job name.")], as_json: JsonOpt = False) -> None:
+    """A job's group, file and steps."""
+    result = rpc("job.view", {"job": job})
+    if as_json:
+        output.print_json(result)
+        return
+    output.print_fields({"job": result["job_name"], "group": result["job_group"], "file": result["job_file"]})
+    output.print_table(
+        ["Step", "Description", "Function", "Command", "Args", "Ignore err", "Capture", "Waits for"],
+        (
+            [
+                s["job_step"],
+                s["job_step_description"],
+                s["job_step_function"],
+                s["job_step_command"],
+                s["job_step_args"],
+                s["job_step_ignore_error"],
+                s["job_step_capture_output"],
+                ", ".join(str(n) for n in (s["job_step_wait_step"], s["job_step_alt_wait_step"]) if n),
+            ]
+            for s in result["steps"]
+        ),
+    )
+
+
+@job_app.command("rename")
+def job_rename(old: str, new: str) -> None:
+    """Rename a job."""
+    rpc("job.rename", {"old": old, "new": new})
+    output.info(f"job {old} renamed to {new}")
+
+
+@job_app.command("group")
+def job_group(job: str, group: Annotated[str, typer.Argument(help="New group ('' to clear it).")]) -> None:
+    """Set a job's group."""
+    rpc("job.group", {"job": job, "group": group or None})
+    output.info(f"job {job} is now in group {group}" if group else f"job {job} is now in no group")
+
+
+@job_app.command("remove")
+def job_remove(
+    job: str, yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False
+) -> None:
+    """Remove a job with its steps, events, runs and history."""
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(f"removing job {job} needs confirmation; pass --yes to confirm without a terminal")
+        if not typer.confirm(f"Remove job {job} with its steps, events, runs and history?"):
+            _fail("not removed", 1)
+    rpc("job.remove", {"job": job})
+    output.info(f"job {job} removed")
+
+
+@job_app.command("reset")
+def job_reset(job: str) -> None:
+    """Set a run left in a running status after a crash back to Not Running."""
+    result = rpc("job.reset", {"job": job})
+    previous = result["previous_status"]
+    output.info(f"job {job}: {previous or 'no run'} -> {result['status']}")
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class EventAction(StrEnum):
+    wait = "wait"
+    create = "create"
+
+
+class EventType(StrEnum):
+    file = "file"
+    other = "other"
+
+
+@event_app.command("add")
+def event_add(
+    job: str,
+    event: str,
+    item: Annotated[str, typer.Argument(help="The file path ($VARS are expanded at run time).")],
+    action: Annotated[EventAction, typer.Option("-a", "--action", help="wait or create.")] = EventAction.wait,
+    event_type: Annotated[EventType, typer.Option("-t", "--type", help="file (other is reserved).")] = EventType.file,
+) -> None:
+    """Add a wait or create event to a job."""
+    rpc("event.add", {"job": job, "event": event, "item": item, "action": action.value, "type": event_type.value})
+    output.info(f"{action.value} event {event} added to job {job}")
+
+
+def _event_change(method: str, verb: str, job: str, events: list[str]) -> None:
+    rpc(method, {"job": job, "events": events})
+    output.info(f"job {job}: {verb} {', '.join(events)}")
+
+
+@event_app.command("enable")
+def event_enable(job: str, events: Annotated[list[str], typer.Argument(help="Event names.")]) -> None:
+    """Enable events of a job."""
+    _event_change("event.enable", "enabled", job, events)
+
+
+@event_app.command("disable")
+def event_disable(job: str, events: Annotated[list[str], typer.Argument(help="Event names.")]) -> None:
+    """Disable events of a job."""
+    _event_change("event.disable", "disabled", job, events)
+
+
+@event_app.command("remove")
+def event_remove(job: str, events: Annotated[list[str], typer.Argument(help="Event names.")]) -> None:
+    """Remove events of a job."""
+    _event_change("event.remove", "removed", job, events)
+
+
+@event_app.command("rename")
+def event_rename(job: str, old: str, new: str) -> None:
+    """Rename an event of a job."""
+    rpc("event.rename", {"job": job, "old": old, "new": new})
+    output.info(f"job {job}: event {old} renamed to {new}")
+
+
+@event_app.command("view")
+def event_view(job: str, as_json: JsonOpt = False) -> None:
+    """Every event of a job."""
+    result = rpc("event.view", {"job": job})
+    if as_json:
+        output.print_json(result["events"])
+        return
+    output.print_table(
+        ["Event", "Action", "Type", "Item", "Enabled"],
+        ([e["event_name"], e["action_type"], e["event_type"], e["event_item"], e["enabled"]] for e in result["events"]),
+        title=f"Events of {job}",
+    )
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+class ProcessType(StrEnum):
+    ingestion = "ingestion"
+    consumption = "consumption"
+
+
+class RowCountType(StrEnum):
+    batch = "Batch"
+    temp_table = "Temp Table"
+
+
+def _process_settings(
+    process_type: ProcessType | None,
+    subject_area: str | None,
+    row_count_type: RowCountType | None,
+    row_count_property: str | None,
+    currency_date_flag: bool | None,
+    currency_start_offset: int | None,
+    currency_end_offset: int | None,
+) -> dict[str, Any]:
+    given = {
+        "process_type": process_type.value if process_type else None,
+        "subject_area": subject_area,
+        "row_count_type": row_count_type.value if row_count_type else None,
+        "row_count_property": row_count_property,
+        "currency_date_flag": currency_date_flag,
+        "currency_start_offset": currency_start_offset,
+        "currency_end_offset": currency_end_offset,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+ProcessTypeOpt = Annotated[ProcessType | None, typer.Option("--process_type", "--process-type")]
+SubjectAreaOpt = Annotated[str | None, typer.Option("--subject_area", "--subject-area")]
+RowCountTypeOpt = Annotated[RowCountType | None, typer.Option("--row_count_type", "--row-count-type")]
+RowCountPropertyOpt = Annotated[
+    str | None, typer.Option("--row_count_property", "--row-count-property", help="Table used for counting rows.")
+]
+DateFlagOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--currency_date_flag/--no_currency_date_flag",
+        "--currency-date-flag/--no-currency-date-flag",
+        help="Windows are dates only (no time).",
+    ),
+]
+StartOffsetOpt = Annotated[int | None, typer.Option("--currency_start_offset", "--currency-start-offset", help="Days.")]
+EndOffsetOpt = Annotated[int | None, typer.Option("--currency_end_offset", "--currency-end-offset", help="Days.")]
+
+
+@process_app.command("add")
+def process_add(
+    name: str,
+    process_type: ProcessTypeOpt = None,
+    subject_area: SubjectAreaOpt = None,
+    row_count_type: RowCountTypeOpt = None,
+    row_count_property: RowCountPropertyOpt = None,
+    currency_date_flag: DateFlagOpt = None,
+    currency_start_offset: StartOffsetOpt = None,
+    currency_end_offset: EndOffsetOpt = None,
+) -> None:
+    """Add a process (on an existing one, update the given settings)."""
+    settings = _process_settings(
+        process_type,
+        subject_area,
+        row_count_type,
+        row_count_property,
+        currency_date_flag,
+        currency_start_offset,
+        currency_end_offset,
+    )
+    result = rpc("process.add", {"name": name, **settings})
+    if result["outcome"] == "updated":
+        output.info(f"process {name} already existed: updated")
+    else:
+        output.info(f"process {name} added")
+
+
+@process_app.command("update")
+def process_update(
+    name: str,
+    process_type: ProcessTypeOpt = None,
+    subject_area: SubjectAreaOpt = None,
+    row_count_type: RowCountTypeOpt = None,
+    row_count_property: RowCountPropertyOpt = None,
+    currency_date_flag: DateFlagOpt = None,
+    currency_start_offset: StartOffsetOpt = None,
+    currency_end_offset: EndOffsetOpt = None,
+) -> None:
+    """Change only the given settings of a process."""
+    settings = _process_settings(
+        process_type,
+        subject_area,
+        row_count_type,
+        row_count_property,
+        currency_date_flag,
+        currency_start_offset,
+        currency_end_offset,
+    )
+    rpc("process.update", {"name": name, **settings})
+    output.info(f"process {name} updated")
+
+
+@process_app.command("remove")
+def process_remove(name: str) -> None:
+    """Remove a process with its log (unlink its tables first)."""
+    rpc("process.remove", {"name": name})
+    output.info(f"process {name} removed")
+
+
+@process_app.command("rename")
+def process_rename(old: str, new: str) -> None:
+    """Rename a process."""
+    rpc("process.rename", {"old": old, "new": new})
+    output.info(f"process {old} renamed to {new}")
+
+
+@process_app.command("view")
+def process_view(name: str, as_json: JsonOpt = False) -> None:
+    """A process's settings, latest window, status, batch and linked tables."""
+    result = rpc("process.view", {"name": name})
+    if as_json:
+        output.print_json(result)
+        return
+    process = result["process"]
+    latest = result["latest_log"] or {}
+    output.print_fields(
+        {
+            "process": process["process_name"],
+            "type": process["process_type"],
+            "subject area": process["subject_area"],
+            "row count type": process["row_count_type"],
+            "row count property": process["row_count_property"],
+            "currency date flag": process["currency_date_flag"],
+            "start offset (days)": process["currency_start_offset"],
+            "end offset (days)": process["currency_end_offset"],
+            "linked tables": ", ".join(result["linked_tables"]),
+            "latest window": f"{latest['currency_start_dttm']} → {latest['currency_end_dttm']}" if latest else "",
+            "latest status": latest.get("status"),
+            "latest batch": latest.get("batch_nbr"),
+            "latest rows": latest.get("row_count"),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- data currency
+
+
+@currency_app.command("configure")
+def currency_configure(
+    schema: str,
+    table: str,
+    column: Annotated[str, typer.Argument(help="The table's date column.")],
+    subject_area: SubjectAreaOpt = None,
+    currency_date_offset: Annotated[
+        bool, typer.Option("--currency_date_offset", "--currency-date-offset", help="Currency date = datetime − 1 day.")
+    ] = False,
+    currency_dttm_query: Annotated[
+        str | None, typer.Option("--currency_dttm_query", "--currency-dttm-query", help="SQL that returns the date.")
+    ] = None,
+) -> None:
+    """Configure the data currency of a table."""
+    params: dict[str, Any] = {
+        "schema": schema,
+        "table": table,
+        "column": column,
+        "currency_date_offset": currency_date_offset,
+    }
+    if subject_area is not None:
+        params["subject_area"] = subject_area
+    if currency_dttm_query is not None:
+        params["currency_dttm_query"] = currency_dttm_query
+    result = rpc("currency.configure", params)
+    output.info(f"data currency for {schema}.{table} {result['outcome']}")
+
+
+@currency_app.command("remove")
+def currency_remove(schema: str, table: str) -> None:
+    """Remove a table's data currency with its log."""
+    rpc("currency.remove", {"schema": schema, "table": table})
+    output.info(f"data currency for {schema}.{table} removed")
+
+
+@currency_app.command("rename")
+def currency_rename(old_schema: str, old_table: str, new_schema: str, new_table: str) -> None:
+    """Rename the table a data currency entry belongs to."""
+    rpc(
+        "currency.rename",
+        {"old_schema": old_schema, "old_table": old_table, "new_schema": new_schema, "new_table": new_table},
+    )
+    output.info(f"data currency {old_schema}.{old_table} renamed to {new_schema}.{new_table}")
+
+
+@currency_app.command("view")
+def currency_view(schema: str, table: str, as_json: JsonOpt = False) -> None:
+    """A table's currency settings and current currency date and datetime."""
+    result = rpc("currency.view", {"schema": schema, "table": table})
+    if as_json:
+        output.print_json(result)
+        return
+    currency = result["currency"]
+    output.print_fields(
+        {
+            "table": f"{currency['table_schema']}.{currency['table_name']}",
+            "subject area": currency["subject_area"],
+            "date column": currency["date_column"],
+            "query override": currency["currency_dttm_query"],
+            "date offset": currency["currency_date_offset"],
+            "active": currency["active"],
+            "current currency datetime": result["current_currency_dttm"],
+            "current currency date": result["current_currency_date"],
+            "linked processes": ", ".join(result["linked_processes"]),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- links
+
+
+@link_app.command("create")
+def link_create(process: str, schema: str, table: str) -> None:
+    """Link a process to a table's data currency."""
+    rpc("link.create", {"process": process, "schema": schema, "table": table})
+    output.info(f"process {process} linked to {schema}.{table}")
+
+
+@link_app.command("remove")
+def link_remove(process: str, schema: str, table: str) -> None:
+    """Remove a process↔table link."""
+    rpc("link.remove", {"process": process, "schema": schema, "table": table})
+    output.info(f"process {process} unlinked from {schema}.{table}")
+
+
+# ---------------------------------------------------------------------------- repository
+
+
+@repo_app.command("create")
+def repo_create() -> None:
+    """Create the repository or bring it up to date (running it again changes nothing)."""
+    result = rpc("repo.create")
+    applied = result["migrations_applied"]
+    detail = f"applied {', '.join(applied)}" if applied else "already up to date"
+    output.info(f"repository {result['database']} at schema version {result['schema_version']}: {detail}")
+
+
+@repo_app.command("maintenance")
+def repo_maintenance(
+    on: Annotated[bool | None, typer.Option("--on/--off", help="Set instead of toggling.")] = None,
+) -> None:
+    """Toggle maintenance mode (no run may start while it is on)."""
+    result = rpc("repo.maintenance", {} if on is None else {"enabled": on})
+    output.info(f"maintenance mode is {'ON' if result['maintenance_mode'] else 'OFF'}")
+
+
+@repo_app.command("info")
+def repo_info(as_json: JsonOpt = False) -> None:
+    """Repository file, schema version and maintenance mode."""
+    result = rpc("repo.info")
+    if as_json:
+        output.print_json(result)
+        return
+    output.print_fields(
+        {
+            "database": result["database"],
+            "schema version": result["schema_version"],
+            "maintenance mode": result["maintenance_mode"],
+            "created": output.local_time(result["created_ts"]),
+        }
+    )
+
+
+def main() -> int:
+    try:
+        app()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The repository on a real SQLite file: migrations, pragmas, atomic writes, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from loadmgrd.errors import AlreadyExists, Conflict, NotFound, RepositoryError
+from loadmgrd.jobfile import StepDef
+from loadmgrd.repository import Repository, load_migrations
+
+STEPS = [StepDef(10, "run_command", "echo one"), StepDef(20, "run_command", "echo two", job_step_ignore_error=True)]
+
+
+@pytest.fixture
+async def repo(tmp_path: Path):  # type: ignore[no-untyped-def]
+    repository = await Repository.open(tmp_path / "repo" / "loadmgr.db")
+    yield repository
+    await repository.close()
+
+
+def _schema(path: Path) -> set[tuple[str, str, str]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name != 'schema_migration'"
+        ).fetchall()
+    return {(t, n, " ".join((s or "").split())) for t, n, s in rows}
+
+
+async def test_open_creates_the_file_with_wal_and_foreign_keys(repo: Repository) -> None:
+    assert repo.path.exists()
+    info = await repo.info()
+    assert info["schema_version"] == len(load_migrations())
+    assert info["maintenance_mode"] is False
+    with sqlite3.connect(repo.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migration ORDER BY version")]
+    assert versions == list(range(1, len(load_migrations()) + 1))
+
+
+async def test_migrations_are_idempotent_and_match_a_fresh_schema(tmp_path: Path) -> None:
+    first = await Repository.open(tmp_path / "a.db")
+    assert await first.migrate() == []
+    await first.close()
+    reopened = await Repository.open(tmp_path / "a.db")
+    await reopened.close()
+
+    fresh = tmp_path / "fresh.db"
+    with sqlite3.connect(fresh) as conn:
+        for migration in load_migrations():
+            conn.executescript(migration.sql)
+    assert _schema(tmp_path / "a.db") == _schema(fresh)
+
+
+async def test_newer_schema_than_known_is_refused(tmp_path: Path) -> None:
+    repo = await Repository.open(tmp_path / "x.db")
+    await repo.close()
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        conn.execute("INSERT INTO schema_migration VALUES (999, 'future', 'now')")
+    with pytest.raises(RepositoryError, match="newer than this loadmgrd knows"):
+        await Repository.open(tmp_path / "x.db")
+
+
+async def test_import_create_exists_replace(repo: Repository) -> None:
+    assert await repo.import_job("j", "g", "j.csv", STEPS, force=False) == "created"
+    assert await repo.import_job("j", "h", "k.csv", STEPS[:1], force=False) == "exists"
+    job = await repo.get_job("j")
+    assert (job["job_group"], job["job_file"]) == ("g", "j.csv")
+    assert await repo.job_steps(job["job_key"]) == STEPS
+    assert await repo.import_job("j", "h", "k.csv", STEPS[:1], force=True) == "replaced"
+    job = await repo.get_job("j")
+    assert (job["job_group"], job["job_file"]) == ("h", "k.csv")
+    assert await repo.job_steps(job["job_key"]) == STEPS[:1]
+
+
+async def test_failed_transaction_leaves_nothing_behind(repo: Repository) -> None:
+    await repo.import_job("j", None, "j.csv", STEPS, force=False)
+    duplicate_steps = [StepDef(1, "run_command"), StepDef(1, "run_command")]
+    with pytest.raises(sqlite3.IntegrityError):
+        await repo.import_job("j", None, "bad.csv", duplicate_steps, force=True)
+    job = await repo.get_job("j")
+    assert job["job_file"] == "j.csv"
+    assert await repo.job_steps(job["job_key"]) == STEPS
+
+
+async def test_removing_a_job_removes_its_steps_and_events(repo: Repository) -> None:
+    await repo.import_job("j", None, "j.csv", STEPS, force=False)
+    await repo.add_event("j", "e", "wait", "file", "/tmp/e")
+    key = (await repo.get_job("j"))["job_key"]
+    await repo.remove_job("j")
+    assert await repo.job_steps(key) == []
+    assert await repo.list_events(key) == []
+    with pytest.raises(NotFound):
+        await repo.get_job("j")
+
+
+async def test_links_protect_processes_and_tables(repo: Repository) -> None:
+    await repo.upsert_process("p", {}, update_only=False)
+    await repo.configure_currency("dw", "t", {"date_column": "d"})
+    await repo.create_link("p", "dw", "t")
+    with pytest.raises(AlreadyExists):
+        await repo.create_link("p", "dw", "t")
+    with pytest.raises(Conflict, match="link remove p dw t"):
+        await repo.remove_process("p")
+    with pytest.raises(Conflict):
+        await repo.remove_currency("dw", "t")
+    await repo.remove_link("p", "dw", "t")
+    await repo.remove_process("p")
+    await repo.remove_currency("dw", "t")
+
+
+async def test_concurrent_writers_do_not_lose_updates(repo: Repository) -> None:
+    await repo.import_job("j", None, "j.csv", STEPS, force=False)
+    await asyncio.gather(*(repo.add_event("j", f"e{i}", "wait", "file", f"/tmp/{i}") for i in range(100)))
+    key = (await repo.get_job("j"))["job_key"]
+    assert {e["event_name"] for e in await repo.list_events(key)} == {f"e{i}" for i in range(100)}
+
+
+async def test_crash_recovery_marks_active_runs_failed(repo: Repository) -> None:
+    await repo.import_job("j", None, "j.csv", STEPS, force=False)
+    key = (await repo.get_job("j"))["job_key"]
+    with sqlite3.connect(repo.path) as conn:
+        conn.execute(
+            "INSERT INTO job_run (run_id, job_key, status, start_ts) "
+            "VALUES ('1x', ?, 'Running', '2026-01-01T00:00:00.000000Z')",
+            (key,),
+        )
+    recovered = await repo.fail_abandoned_runs("daemon died")
+    assert [r["job_name"] for r in recovered] == ["j"]
+    run = await repo.current_run(key)
+    assert run is not None and (run["status"], run["status_reason"]) == ("Failed", "daemon died")
+    assert await repo.fail_abandoned_runs("again") == []
