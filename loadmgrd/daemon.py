@@ -113,20 +113,23 @@ class Daemon:
         from loadmgrd import handlers  # noqa: F401 - registers the JSON-RPC methods
 
         socket_path = self.config.daemon.socket
-        sock = bind_socket(socket_path, self.config.daemon.socket_mode)
+        activated = systemd.listen_socket()
+        sock = activated or bind_socket(socket_path, self.config.daemon.socket_mode)
         self._server = Server(self._context, self.policy, self.config.daemon.max_request_bytes)
         try:
             await self._server.start(sock)
             self._install_signals()
-            log.info("loadmgrd %s listening on %s (pid %d)", __version__, socket_path, os.getpid())
+            where = f"{socket_path} (socket activation)" if activated else str(socket_path)
+            log.info("loadmgrd %s listening on %s (pid %d)", __version__, where, os.getpid())
             systemd.notify(f"READY=1\nSTATUS=serving on {socket_path}\nMAINPID={os.getpid()}")
             await self._stop.wait() if self._stop else None
             log.info("shutting down")
             systemd.notify("STOPPING=1")
         finally:
             await self._server.close()
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
+            if activated is None:  # an activated socket belongs to systemd
+                with contextlib.suppress(FileNotFoundError):
+                    socket_path.unlink()
         return 0
 
     def _context(self, peer: Peer) -> Context:

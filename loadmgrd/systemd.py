@@ -19,3 +19,24 @@ def notify(message: str) -> bool:
         sock.sendall(message.encode("utf-8"))
         return True
     return False
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def listen_socket() -> socket.socket | None:
+    """The listening socket passed by systemd socket activation (``LISTEN_FDS``), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not inherited by job steps
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    os.set_inheritable(sock.fileno(), False)
+    sock.setblocking(False)
+    return sock
