@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loadmgrd import paths
 from loadmgrd.errors import ConfigError
+from loadmgrd.text import DecodeFailure, decode_utf8
 
 _EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -180,9 +181,9 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 _PATH_KEYS = {("repository", "database"), ("daemon", "socket"), ("logging", "location")}
 
 
-def _key_lines(text: str) -> dict[tuple[str, str], int]:
-    """Line number of every ``key = value`` per section (configparser does not keep them)."""
-    lines: dict[tuple[str, str], int] = {}
+def _key_lines(text: str) -> dict[tuple[str, str], list[int]]:
+    """Line numbers of every ``key = value`` per section (configparser does not keep them)."""
+    lines: dict[tuple[str, str], list[int]] = {}
     section = ""
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
@@ -190,11 +191,11 @@ def _key_lines(text: str) -> dict[tuple[str, str], int]:
             continue
         if stripped.startswith("[") and "]" in stripped:
             section = stripped[1 : stripped.index("]")].strip()
-            lines.setdefault((section, ""), number)
+            lines.setdefault((section, ""), []).append(number)
             continue
         match = re.match(r"([^=:]+?)\s*[=:]", stripped)
         if match:
-            lines.setdefault((section, match.group(1).strip().lower()), number)
+            lines.setdefault((section, match.group(1).strip().lower()), []).append(number)
     return lines
 
 
@@ -204,15 +205,16 @@ def load_config(path: Path | None) -> Config:
         return Config()
     where = str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = decode_utf8(path.read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"{where}: configuration file not found") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    except DecodeFailure as exc:
+        raise ConfigError(f"{where}, {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
 
     parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0none")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # target names keep their case
     try:
         parser.read_string(text, source=where)
     except configparser.DuplicateOptionError as exc:
@@ -227,9 +229,10 @@ def load_config(path: Path | None) -> Config:
 
     key_lines = _key_lines(text)
 
-    def line_of(section: str, key: str = "") -> str:
-        number = key_lines.get((section, key)) or key_lines.get((section, ""))
-        return f", line {number}" if number else ""
+    def line_of(section: str, key: str = "", *, last: bool = False) -> str:
+        section = section.strip()
+        numbers = key_lines.get((section, key)) or key_lines.get((section, "")) or []
+        return f", line {numbers[-1 if last else 0]}" if numbers else ""
 
     raw: dict[str, Any] = {}
     for section in parser.sections():
@@ -238,8 +241,22 @@ def load_config(path: Path | None) -> Config:
         items = dict(parser.items(section))
         if section == "targets":
             default = items.pop("default_target", None)
+            for name, url in items.items():
+                if not _URL_RE.match(url):
+                    raise ConfigError(
+                        f"{where}{line_of(section, name.lower())}: targets.{name}: {url!r} is not a database "
+                        "URL such as sqlite:////path/x.db or postgresql://user@host/db"
+                    )
             raw["targets"] = {"default_target": default or None, "urls": items}
             continue
+        lowered: dict[str, str] = {}
+        for key, value in items.items():
+            if key.lower() in lowered:
+                raise ConfigError(
+                    f"{where}{line_of(section, key.lower(), last=True)}: key {section}.{key.lower()} is given twice"
+                )
+            lowered[key.lower()] = value
+        items = lowered
         known = _SECTIONS[section].model_fields
         for key, value in list(items.items()):
             if key not in known:

@@ -10,6 +10,7 @@ Every error names the file, the line and the column.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from loadmgrd.errors import InvalidInput, JobFileError
 from loadmgrd.states import StepFunction
 from loadmgrd.stepargs import parse_args
+from loadmgrd.text import DecodeFailure, decode_utf8
 
 REQUIRED_COLUMNS = ("job_step", "job_step_function", "job_step_command")
 STEP_COLUMNS = (
@@ -36,6 +38,8 @@ INT_COLUMNS = ("job_step_wait_step", "job_step_alt_wait_step")
 _TRUE = {"true", "yes", "1", "y", "t"}
 _FALSE = {"false", "no", "0", "n", "f", ""}
 _OTHER_DELIMITERS = (",", ";", "|", "\t", ":")
+_WHOLE = re.compile(r"^[0-9]+$")
+MAX_STEP = 999_999_999
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class StepDef:
 class ParsedJobFile:
     steps: list[StepDef]
     warnings: list[str] = field(default_factory=list)
+    lines: dict[int, int] = field(default_factory=dict)  # job_step -> line in the file
 
 
 def parse_bool(text: str) -> bool:
@@ -80,12 +85,10 @@ def parse_bool(text: str) -> bool:
 def decode(data: bytes, file: str) -> str:
     """UTF-8 (a BOM is allowed) with the line and column of the first undecodable byte."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return decode_utf8(data)
+    except DecodeFailure as exc:
         raise JobFileError(
-            file, line, column, f"byte 0x{data[exc.start]:02x} is not UTF-8 text (is this a job file?)"
+            file, exc.line, exc.column, f"byte 0x{exc.byte:02x} is not UTF-8 text (is this a job file?)"
         ) from None
 
 
@@ -153,7 +156,7 @@ def parse_csv(content: str, file: str, delimiter: str = ",") -> ParsedJobFile:
     steps: list[StepDef] = []
     warnings: list[str] = []
     seen: dict[int, int] = {}
-    for number, raw in enumerate(content.splitlines(), start=1):
+    for number, raw in enumerate(content.split("\n"), start=1):
         line = raw.rstrip("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -172,7 +175,7 @@ def parse_csv(content: str, file: str, delimiter: str = ",") -> ParsedJobFile:
             )
         values = {name: (text, column) for name, (text, column) in zip(header, record, strict=True)}
         step_text = values["job_step"][0].strip()
-        if not step_text.isdigit():
+        if not _WHOLE.match(step_text):
             warnings.append(f"{file}, line {number}: skipped, job_step {step_text!r} is not a whole number")
             continue
         step = _build_step(values, file, number)
@@ -187,7 +190,7 @@ def parse_csv(content: str, file: str, delimiter: str = ",") -> ParsedJobFile:
         steps.append(step)
     if header is None:
         raise JobFileError(file, None, None, "no header record (the file is empty or only comments)")
-    return ParsedJobFile(steps, warnings)
+    return ParsedJobFile(steps, warnings, seen)
 
 
 def _check_header(record: list[tuple[str, int]], delimiter: str, file: str, number: int) -> list[str]:
@@ -222,10 +225,8 @@ def _check_header(record: list[tuple[str, int]], delimiter: str, file: str, numb
 
 
 def _build_step(values: Mapping[str, tuple[str, int]], file: str, number: int) -> StepDef:
-    kwargs: dict[str, Any] = {"job_step": int(values["job_step"][0].strip())}
+    kwargs: dict[str, Any] = {}
     for name, (text, _column) in values.items():
-        if name == "job_step":
-            continue
         try:
             kwargs[name] = _convert(name, text)
         except ValueError as exc:
@@ -245,17 +246,19 @@ def _convert(name: str, value: Any) -> Any:
     if name in INT_COLUMNS or name == "job_step":
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a step number")
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, str) and value.strip() == "":
+        if isinstance(value, str) and value.strip() == "" and name != "job_step":
             return 0
-        elif isinstance(value, str) and value.strip().isdigit():
-            number = int(value.strip())
-        else:
-            raise ValueError(f"{value!r} is not a step number (a whole number, 0 for none)")
-        if number < 0:
-            raise ValueError(f"{value!r} is not a step number (a whole number, 0 for none)")
-        return number
+        if isinstance(value, str) and _WHOLE.match(value.strip()) and len(value.strip()) <= 10:
+            value = int(value.strip())
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"{value!r} is not a step number (a whole number{', 0 for none' if name != 'job_step' else ''})"
+            )
+        if value > MAX_STEP:
+            raise ValueError(f"{value} is too large for a step number (at most {MAX_STEP})")
+        if name == "job_step" and value == 0:
+            raise ValueError("step numbers start at 1 (0 means 'no step' in the wait-step columns)")
+        return value
     if isinstance(value, dict) and name == "job_step_args":
         return json.dumps(value)
     if not isinstance(value, str):
@@ -269,6 +272,31 @@ def _convert(name: str, value: Any) -> Any:
 def _line_col(content: str, index: int) -> tuple[int, int]:
     line = content.count("\n", 0, index) + 1
     return line, index - (content.rfind("\n", 0, index) + 1) + 1
+
+
+def _skip_ws(content: str, i: int) -> int:
+    while i < len(content) and content[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _member_offsets(content: str) -> dict[str, int]:
+    """Offsets of the values of the top-level object's members."""
+    decoder = json.JSONDecoder()
+    offsets: dict[str, int] = {}
+    i = _skip_ws(content, 0) + 1
+    while True:
+        i = _skip_ws(content, i)
+        if i >= len(content) or content[i] == "}":
+            return offsets
+        key, i = decoder.raw_decode(content, i)
+        i = _skip_ws(content, i) + 1  # the colon
+        i = _skip_ws(content, i)
+        offsets[str(key)] = i
+        _, i = decoder.raw_decode(content, i)
+        i = _skip_ws(content, i)
+        if i < len(content) and content[i] == ",":
+            i += 1
 
 
 def _element_offsets(content: str, array_start: int) -> list[int]:
@@ -294,19 +322,20 @@ def parse_json(content: str, file: str) -> ParsedJobFile:
         raise JobFileError(file, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}") from None
     except RecursionError:
         raise JobFileError(file, None, None, "JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise JobFileError(file, None, None, f"invalid JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
         raise JobFileError(file, 1, 1, 'a JSON job file must be an object with a "steps" list')
     unknown = set(document) - {"steps", "job_name", "job_group", "description"}
     if unknown:
         raise JobFileError(file, 1, 1, f"unknown top-level key(s): {', '.join(sorted(unknown))}")
-    steps_key = content.find('"steps"')
-    array_start = content.find("[", steps_key)
     try:
-        offsets = _element_offsets(content, array_start)
-    except (json.JSONDecodeError, ValueError):
+        offsets = _element_offsets(content, _member_offsets(content)["steps"])
+    except (json.JSONDecodeError, ValueError, KeyError, RecursionError):
         offsets = []
     steps: list[StepDef] = []
     seen: dict[int, int] = {}
+    lines: dict[int, int] = {}
     for index, item in enumerate(document["steps"]):
         line, column = _line_col(content, offsets[index]) if index < len(offsets) else (None, None)
         where = f"steps[{index}]"
@@ -340,8 +369,9 @@ def parse_json(content: str, file: str) -> ParsedJobFile:
                 f"{where}: step {step.job_step} is already defined in steps[{seen[step.job_step]}]",
             )
         seen[step.job_step] = index
+        lines[step.job_step] = line or 0
         steps.append(step)
-    return ParsedJobFile(steps)
+    return ParsedJobFile(steps, lines={k: v for k, v in lines.items() if v})
 
 
 # --------------------------------------------------------------------------- checks
@@ -353,29 +383,34 @@ def validate(parsed: ParsedJobFile, file: str) -> None:
         raise JobFileError(file, None, None, "no steps (every row was a comment or skipped)")
     known_functions = {f.value for f in StepFunction}
     for step in parsed.steps:
+        line = parsed.lines.get(step.job_step)
         try:
             parse_args(step.job_step_args)
         except InvalidInput as exc:
-            raise JobFileError(file, None, "job_step_args", f"step {step.job_step}: {exc.message}") from None
+            raise JobFileError(file, line, "job_step_args", f"step {step.job_step}: {exc.message}") from None
         if step.job_step_function not in known_functions:
+            where = f"{file}, line {line}" if line else file
             parsed.warnings.append(
-                f"{file}: step {step.job_step}: unknown step function {step.job_step_function!r} "
+                f"{where}: step {step.job_step}: unknown step function {step.job_step_function!r} "
                 "(a run reaching it will fail)"
             )
     numbers = {s.job_step for s in parsed.steps}
     for step in parsed.steps:
+        line = parsed.lines.get(step.job_step)
         for column in ("job_step_wait_step", "job_step_alt_wait_step"):
             target = getattr(step, column)
             if target and target not in numbers:
                 raise JobFileError(
-                    file, None, column, f"step {step.job_step} waits for step {target}, which does not exist"
+                    file, line, column, f"step {step.job_step} waits for step {target}, which does not exist"
                 )
-            if target == step.job_step:
-                raise JobFileError(file, None, column, f"step {step.job_step} waits for itself")
+            if target and target == step.job_step:
+                raise JobFileError(file, line, column, f"step {step.job_step} waits for itself")
     cycle = find_cycle(prerequisites(parsed.steps))
     if cycle:
         chain = " -> ".join(str(n) for n in cycle)
-        raise JobFileError(file, None, "job_step_wait_step", f"the wait steps form a cycle: {chain}")
+        raise JobFileError(
+            file, parsed.lines.get(cycle[0]), "job_step_wait_step", f"the wait steps form a cycle: {chain}"
+        )
 
 
 def prerequisites(steps: Sequence[StepDef]) -> dict[int, tuple[int, ...]]:

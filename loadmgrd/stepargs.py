@@ -13,6 +13,8 @@ def parse_args(text: str) -> dict[str, str]:
     text = text.strip()
     if not text:
         return {}
+    if text.startswith("["):
+        raise InvalidInput("step args in JSON must be an object, not a list")
     if text.startswith("{"):
         try:
             value = json.loads(text)
