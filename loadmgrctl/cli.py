@@ -156,6 +156,293 @@ def listall(
     )
 
 
+# ---------------------------------------------------------------------------- runs
+
+FINISHED = ("Completed", "Failed", "Stopped", "Not Running")
+
+
+@app.command()
+def start(
+    name: Annotated[str, typer.Argument(help="A job, or a job group (every job of it starts).")],
+    step: Annotated[str | None, typer.Option("-s", "--step", help="Steps to run: N, N-M, N- or -M.")] = None,
+    job_file: Annotated[
+        Path | None, typer.Option("-j", "--job-file", help="Run these steps once instead of the job's own.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("-r", "--resume", help="Continue a Stopped or Failed run.")] = False,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", help="Skip an event by name, or wait, create or all (repeatable).")
+    ] = None,
+    tempargs: Annotated[
+        list[str] | None, typer.Option("--tempargs", help="key:value step-argument overrides for this run.")
+    ] = None,
+    no_success_email: Annotated[bool, typer.Option("--no-success-email", help="No success mail for this run.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the steps, events and skips; start nothing.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Block until the run(s) end; exit 0/1/3.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a job or a job group (a Paused job is resumed)."""
+    params: dict[str, Any] = {
+        "name": name,
+        "resume": resume,
+        "skip": skip or [],
+        "tempargs": tempargs or [],
+        "no_success_email": no_success_email,
+        "dry_run": dry_run,
+    }
+    if step is not None:
+        params["step_range"] = step
+    if job_file is not None:
+        try:
+            data = job_file.read_bytes()
+        except OSError as exc:
+            _fail(f"cannot read {job_file}: {exc.strerror}")
+        params["job_file_name"] = str(job_file)
+        params["job_file_content_base64"] = base64.b64encode(data).decode("ascii")
+    result = rpc("start", params)
+    if as_json and not wait:
+        output.print_json(result)
+    if dry_run:
+        if not as_json:
+            _print_plans(result["results"])
+        return
+    started = [r for r in result["results"] if r["started"]]
+    if not as_json:
+        for r in result["results"]:
+            if r["started"]:
+                output.info(f"job {r['job']} {r['action']}: run {r['run_id']}, log {r['log_file']}")
+            else:
+                output.error(f"job {r['job']} not started: {r['message']}")
+            for message in r.get("warnings", []):
+                output.warn(message)
+    if wait and started:
+        raise typer.Exit(_wait_for([r["job"] for r in started], {r["job"]: r["run_id"] for r in started}))
+    if not started:
+        raise typer.Exit(1)
+    if len(started) < len(result["results"]):
+        raise typer.Exit(2)
+
+
+def _print_plans(results: list[dict[str, Any]]) -> None:
+    for plan in results:
+        if plan.get("action") != "dry-run":
+            output.error(f"job {plan['job']}: {plan.get('message')}")
+            continue
+        title = f"{plan['job']}: would run" + (f" (resuming run {plan['resume_of']})" if plan["resume_of"] else "")
+        output.print_table(
+            ["Step", "Description", "Function", "Command", "Args", "Ignore err", "Plan"],
+            (
+                [
+                    s["job_step"],
+                    s["description"],
+                    s["function"],
+                    s["command"],
+                    s["args"],
+                    s["ignore_error"],
+                    "run" if s["status"] == "Pending" else f"done ({s['status']})",
+                ]
+                for s in plan["steps"]
+            ),
+            title=title,
+        )
+        if plan["events"]:
+            output.print_table(
+                ["Event", "Action", "Item", "Plan"],
+                (
+                    [
+                        e["event_name"],
+                        e["action_type"],
+                        e["event_item"],
+                        "skip" if e["status"] == "Skipped" else e["action_type"],
+                    ]
+                    for e in plan["events"]
+                ),
+            )
+        if plan["temp_args"]:
+            output.info("temp args: " + ", ".join(f"{k}={v}" for k, v in plan["temp_args"].items()))
+
+
+def _wait_for(jobs: list[str], run_ids: dict[str, str]) -> int:
+    """Follow the runs until each has ended; 0 all completed, 1 any failed, 3 any stopped."""
+    from loadmgrctl.transport import Connection
+
+    tty = sys.stderr.isatty()
+    since = -1
+    settings = _settings
+    try:
+        with Connection(settings.socket_path()) as conn:
+            while True:
+                reply = conn.call("watch", {"names": jobs, "since": since, "wait": 1.0 if tty else 10.0})
+                since = reply["version"]
+                runs = [r for r in reply["runs"] if run_ids.get(r["job"]) in (r["run_id"], None)]
+                if tty:
+                    sys.stderr.write("\r\033[K" + "; ".join(_progress(r) for r in runs))
+                    sys.stderr.flush()
+                if all(r["status"] in FINISHED or r["run_id"] != run_ids[r["job"]] for r in runs):
+                    break
+    except ClientError as exc:
+        _fail(str(exc), exc.exit_code)
+    if tty:
+        sys.stderr.write("\n")
+    statuses = [r["status"] for r in runs]
+    for r in runs:
+        output.info(
+            f"job {r['job']} run {r['run_id']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else "")
+        )
+    if "Failed" in statuses:
+        return 1
+    if "Stopped" in statuses:
+        return 3
+    return 0
+
+
+def _progress(run: dict[str, Any]) -> str:
+    if "steps_total" not in run:
+        return f"{run['job']}: {run['status']}"
+    running = ",".join(str(n) for n in run["running_steps"]) or "-"
+    minutes, seconds = divmod(int(run["elapsed"]), 60)
+    return (
+        f"{run['job']}: {run['status']} {run['steps_done']}/{run['steps_total']} steps, "
+        f"step {running}, {minutes:02d}:{seconds:02d}"
+    )
+
+
+def _control_results(verb: str, result: dict[str, Any]) -> None:
+    for r in result["results"]:
+        output.info(f"job {r['job']}: {verb} ({r['status']})")
+
+
+@app.command()
+def stop(
+    name: Annotated[str, typer.Argument(help="A job, a job group, or ALL.")],
+    now: Annotated[bool, typer.Option("--now", help="Also terminate the running step(s).")] = False,
+) -> None:
+    """Stop runs before their next step (--now: terminate the running step too)."""
+    _control_results("stop requested", rpc("stop", {"name": name, "now": now}))
+
+
+@app.command()
+def pause(name: Annotated[str, typer.Argument(help="A job, a job group, or ALL.")]) -> None:
+    """Pause runs before their next step."""
+    _control_results("pause requested", rpc("pause", {"name": name}))
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="A job or a job group.")],
+    tempargs: Annotated[list[str] | None, typer.Option("--tempargs", help="key:value overrides.")] = None,
+) -> None:
+    """Continue a Paused run (a Stopped or Failed one resumes like start --resume)."""
+    result = rpc("resume", {"name": name, "tempargs": tempargs or []})
+    failed = 0
+    for r in result["results"]:
+        if r["started"]:
+            output.info(f"job {r['job']} resumed: run {r['run_id']}")
+        else:
+            failed += 1
+            output.error(f"job {r['job']} not resumed: {r['message']}")
+    if failed:
+        raise typer.Exit(1 if failed == len(result["results"]) else 2)
+
+
+@app.command()
+def status(job: Annotated[str, typer.Argument(help="Job name.")], as_json: JsonOpt = False) -> None:
+    """The job's current run: status, steps, current step, log file."""
+    result = rpc("status", {"job": job})
+    if as_json:
+        output.print_json(result)
+        return
+    run = result["run"]
+    if run is None:
+        output.info(f"job {job}: Not Running (no run yet)")
+        return
+    output.print_fields(
+        {
+            "job": job,
+            "status": run["status"] + (f" — {run['status_reason']}" if run.get("status_reason") else ""),
+            "run id": run["run_id"],
+            "steps": f"{run['start_step']}–{run['end_step']}",
+            "running": ", ".join(str(n) for n in run["running_steps"]),
+            "last completed step": run["last_completed_step"],
+            "start": output.local_time(run["start_ts"]),
+            "end": output.local_time(run["end_ts"]),
+            "duration (s)": run["duration"],
+            "log file": run["log_file"],
+        }
+    )
+    _steps_table(run["steps"])
+
+
+def _steps_table(steps: list[dict[str, Any]], title: str | None = None) -> None:
+    output.print_table(
+        ["Step", "Description", "Function", "Status", "Start", "End", "Duration (s)", "Exit"],
+        (
+            [
+                s["job_step"],
+                s["job_step_description"],
+                s["job_step_function"],
+                s["status"],
+                output.local_time(s["start_ts"]),
+                output.local_time(s["end_ts"]),
+                s.get("elapsed") if s["status"] == "Running" else s["duration"],
+                s["exit_code"],
+            ]
+            for s in steps
+        ),
+        title=title,
+    )
+
+
+@app.command()
+def history(
+    job: Annotated[str, typer.Argument(help="Job name.")],
+    count: Annotated[int, typer.Option("-n", help="How many runs, newest first.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past runs of a job with their steps and events."""
+    result = rpc("history", {"job": job, "limit": count})
+    if as_json:
+        output.print_json(result["runs"])
+        return
+    if not result["runs"]:
+        output.info(f"job {job} has no finished runs")
+    for run in result["runs"]:
+        reason = f" — {run['status_reason']}" if run.get("status_reason") else ""
+        title = (
+            f"run {run['run_id']}: {run['status']}{reason}; {output.local_time(run['start_ts'])} → "
+            f"{output.local_time(run['end_ts'])} ({run['duration'] or 0:.1f} s)"
+        )
+        _steps_table(run["steps"], title)
+        if run["events"]:
+            output.info(
+                "events: " + ", ".join(f"{e['event_name']} ({e['action_type']}: {e['status']})" for e in run["events"])
+            )
+
+
+@app.command()
+def logs(
+    job: Annotated[str, typer.Argument(help="Job name.")],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Follow the log until the run ends.")] = False,
+) -> None:
+    """Print the current run's log (-f follows it live until the run ends)."""
+    from loadmgrctl.transport import Connection
+
+    offset = 0
+    try:
+        with Connection(_settings.socket_path()) as conn:
+            while True:
+                reply = conn.call("logs", {"job": job, "offset": offset, "wait": 10.0 if follow else 0.0})
+                if reply["content"]:
+                    sys.stdout.write(reply["content"])
+                    sys.stdout.flush()
+                offset = reply["offset"]
+                if not reply["content"] and (not follow or not reply["active"]):
+                    break
+    except ClientError as exc:
+        _fail(str(exc), exc.exit_code)
+
+
 # ---------------------------------------------------------------------------- jobs
 
 
@@ -615,9 +902,41 @@ def repo_info(as_json: JsonOpt = False) -> None:
     )
 
 
+def _expand_argv(argv: list[str]) -> list[str]:
+    """``--tempargs a:1 b:2`` → repeated options; a bare ``--skip`` means ``--skip all``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return out + argv[i:]
+        if token == "--tempargs":
+            i += 1
+            values = []
+            while i < len(argv) and ":" in argv[i] and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            if not values and i < len(argv):
+                values.append(argv[i])  # let the daemon say what is wrong with it
+                i += 1
+            for value in values:
+                out += ["--tempargs", value]
+            continue
+        if token == "--skip":
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            is_last = i + 1 == len(argv) - 1
+            if following is None or following.startswith("-") or is_last:
+                out += ["--skip", "all"]
+                i += 1
+                continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main() -> int:
     try:
-        app()
+        app(args=_expand_argv(sys.argv[1:]), prog_name="loadmgrctl")
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     return 0

@@ -111,6 +111,9 @@ class Daemon:
             )
 
         from loadmgrd import handlers  # noqa: F401 - registers the JSON-RPC methods
+        from loadmgrd.engine import Engine
+
+        self.engine = Engine(self)
 
         socket_path = self.config.daemon.socket
         activated = systemd.listen_socket()
@@ -126,6 +129,7 @@ class Daemon:
             log.info("shutting down")
             systemd.notify("STOPPING=1")
         finally:
+            await self.engine.shutdown()
             await self._server.close()
             if activated is None:  # an activated socket belongs to systemd
                 with contextlib.suppress(FileNotFoundError):

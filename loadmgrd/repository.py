@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,180 @@ class Repository:
                 )
             return rows
 
+    # ------------------------------------------------------------------ runs
+
+    async def create_run(self, run: NewRun) -> int:
+        """Archive the job's previous run (if any) and insert the new one with its frozen steps
+        and events, in one transaction. Returns the new run key."""
+        async with self._tx() as conn:
+            await self._archive_current(conn, run.job_key)
+            cur = await conn.execute(
+                "INSERT INTO job_run (run_id, job_key, status, start_step, end_step, last_completed_step, "
+                "start_ts, log_file, resumed_from, one_off_steps, temp_args, skip_events, no_success_email, "
+                "requested_by, variables) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id,
+                    run.job_key,
+                    run.status,
+                    run.start_step,
+                    run.end_step,
+                    run.last_completed_step,
+                    run.start_ts,
+                    run.log_file,
+                    run.resumed_from,
+                    int(run.one_off),
+                    json.dumps(run.temp_args),
+                    json.dumps(run.skip_events),
+                    int(run.no_success_email),
+                    run.requested_by,
+                    json.dumps(run.variables),
+                ),
+            )
+            run_key = cur.lastrowid
+            assert run_key is not None
+            await conn.executemany(
+                f"INSERT INTO job_run_step (run_key, {', '.join(STEP_COLUMNS)}, status, output, message) "
+                f"VALUES (?, {', '.join('?' for _ in STEP_COLUMNS)}, ?, ?, ?)",
+                [
+                    (run_key, *(_sql_value(getattr(s.step, c)) for c in STEP_COLUMNS), s.status, s.output, s.message)
+                    for s in run.steps
+                ],
+            )
+            await conn.executemany(
+                "INSERT INTO job_run_event (run_key, event_name, action_type, event_type, event_item, status) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (run_key, e["event_name"], e["action_type"], e["event_type"], e["event_item"], e["status"])
+                    for e in run.events
+                ],
+            )
+            return int(run_key)
+
+    async def _archive_current(self, conn: aiosqlite.Connection, job_key: int) -> None:
+        async with conn.execute("SELECT run_key FROM job_run WHERE job_key = ?", (job_key,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return
+        run_key = row[0]
+        await conn.execute(
+            f"INSERT INTO job_run_hist ({_RUN_COLS}, archived_ts) SELECT {_RUN_COLS}, ? FROM job_run WHERE run_key = ?",
+            (now_ts(), run_key),
+        )
+        await conn.execute(
+            f"INSERT INTO job_run_step_hist ({_RUN_STEP_COLS}) SELECT {_RUN_STEP_COLS} FROM job_run_step "
+            "WHERE run_key = ?",
+            (run_key,),
+        )
+        await conn.execute(
+            f"INSERT INTO job_run_event_hist ({_RUN_EVENT_COLS}) SELECT {_RUN_EVENT_COLS} FROM job_run_event "
+            "WHERE run_key = ?",
+            (run_key,),
+        )
+        await conn.execute("DELETE FROM job_run WHERE run_key = ?", (run_key,))
+
+    async def update_run(self, run_key: int, **fields: Any) -> None:
+        """Change columns of a current run (status, reason, end, duration, …) in one commit."""
+        async with self._tx() as conn:
+            await self._update_run(conn, run_key, fields)
+
+    @staticmethod
+    async def _update_run(conn: aiosqlite.Connection, run_key: int, fields: Mapping[str, Any]) -> None:
+        unknown = set(fields) - _RUN_MUTABLE
+        if unknown:
+            raise RepositoryError(f"not run columns: {', '.join(sorted(unknown))}")
+        if fields:
+            assignments = ", ".join(f"{k} = ?" for k in fields)
+            await conn.execute(
+                f"UPDATE job_run SET {assignments} WHERE run_key = ?",
+                (*(_json_value(v) for v in fields.values()), run_key),
+            )
+
+    async def finish_step(self, run_key: int, job_step: int, step: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+        """A step's outcome and the run's progress, committed together: the durability point."""
+        unknown = set(step) - _STEP_MUTABLE
+        if unknown:
+            raise RepositoryError(f"not run step columns: {', '.join(sorted(unknown))}")
+        async with self._tx() as conn:
+            assignments = ", ".join(f"{k} = ?" for k in step)
+            await conn.execute(
+                f"UPDATE job_run_step SET {assignments} WHERE run_key = ? AND job_step = ?",
+                (*step.values(), run_key, job_step),
+            )
+            await self._update_run(conn, run_key, run)
+
+    async def set_event_status(self, run_key: int, event_name: str, status: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE job_run_event SET status = ?, status_ts = ? WHERE run_key = ? AND event_name = ?",
+                (status, now_ts(), run_key, event_name),
+            )
+
+    async def run_detail(self, job_key: int) -> Row | None:
+        """The job's current run with its steps and events, from one snapshot."""
+        async with self._snapshot() as conn:
+            async with conn.execute("SELECT * FROM job_run WHERE job_key = ?", (job_key,)) as cur:
+                run = _dict(await cur.fetchone())
+            if run is None:
+                return None
+            await self._attach(conn, run, "job_run_step", "job_run_event")
+        return run
+
+    async def run_by_key(self, run_key: int) -> Row | None:
+        async with self._snapshot() as conn:
+            async with conn.execute("SELECT * FROM job_run WHERE run_key = ?", (run_key,)) as cur:
+                run = _dict(await cur.fetchone())
+            if run is None:
+                return None
+            await self._attach(conn, run, "job_run_step", "job_run_event")
+        return run
+
+    async def history(self, job_key: int, limit: int) -> list[Row]:
+        """Archived runs, newest first, with their steps and events."""
+        async with self._snapshot() as conn:
+            async with conn.execute(
+                "SELECT * FROM job_run_hist WHERE job_key = ? ORDER BY run_key DESC LIMIT ?", (job_key, limit)
+            ) as cur:
+                runs = [dict(r) for r in await cur.fetchall()]
+            for run in runs:
+                await self._attach(conn, run, "job_run_step_hist", "job_run_event_hist")
+        return runs
+
+    @staticmethod
+    async def _attach(conn: aiosqlite.Connection, run: Row, step_table: str, event_table: str) -> None:
+        for key in ("temp_args", "variables", "skip_events"):
+            run[key] = json.loads(run[key]) if run.get(key) else ({} if key != "skip_events" else [])
+        run["one_off_steps"] = bool(run["one_off_steps"])
+        run["no_success_email"] = bool(run["no_success_email"])
+        async with conn.execute(
+            f"SELECT * FROM {step_table} WHERE run_key = ? ORDER BY job_step", (run["run_key"],)
+        ) as cur:
+            steps = [dict(r) for r in await cur.fetchall()]
+        for step in steps:
+            for name in _BOOL_FIELDS:
+                step[name] = bool(step[name])
+            del step["run_key"]
+        run["steps"] = steps
+        async with conn.execute(
+            f"SELECT event_name, action_type, event_type, event_item, status, status_ts FROM {event_table} "
+            "WHERE run_key = ? ORDER BY event_name",
+            (run["run_key"],),
+        ) as cur:
+            run["events"] = [dict(r) for r in await cur.fetchall()]
+
+    async def enabled_events(self, job_key: int) -> list[Row]:
+        return await self._all(
+            "SELECT event_name, action_type, event_type, event_item FROM job_event "
+            "WHERE job_key = ? AND enabled = 1 ORDER BY event_name",
+            (job_key,),
+        )
+
+    async def latest_process_log(self, process_name: str) -> Row | None:
+        return await self._one(
+            "SELECT l.* FROM process_log l JOIN process p USING (process_key) WHERE p.process_name = ? "
+            "ORDER BY l.process_log_key DESC LIMIT 1",
+            (process_name,),
+        )
+
     # ------------------------------------------------------------------ events
 
     async def add_event(self, job: str, name: str, action: str, event_type: str, item: str) -> None:
@@ -638,6 +813,72 @@ _PROCESS_DEFAULTS: dict[str, Any] = {
     "currency_start_offset": 0,
     "currency_end_offset": 0,
 }
+
+
+@dataclass
+class NewStep:
+    step: StepDef
+    status: str = "Pending"
+    output: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class NewRun:
+    job_key: int
+    run_id: str
+    status: str
+    start_ts: str
+    log_file: str
+    steps: list[NewStep]
+    events: list[Row]
+    start_step: int | None = None
+    end_step: int | None = None
+    last_completed_step: int | None = None
+    resumed_from: str | None = None
+    one_off: bool = False
+    temp_args: dict[str, str] = field(default_factory=dict)
+    skip_events: list[str] = field(default_factory=list)
+    no_success_email: bool = False
+    requested_by: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+_RUN_COLUMNS = (
+    "run_key",
+    "run_id",
+    "job_key",
+    "status",
+    "status_reason",
+    "start_step",
+    "end_step",
+    "last_completed_step",
+    "current_step",
+    "start_ts",
+    "end_ts",
+    "duration",
+    "log_file",
+    "resumed_from",
+    "one_off_steps",
+    "temp_args",
+    "skip_events",
+    "no_success_email",
+    "requested_by",
+    "variables",
+)
+_RUN_COLS = ", ".join(_RUN_COLUMNS)
+_RUN_STEP_COLS = ", ".join(
+    ("run_key", *STEP_COLUMNS, "status", "start_ts", "end_ts", "duration", "exit_code", "attempts", "output", "message")
+)
+_RUN_EVENT_COLS = "run_key, event_name, action_type, event_type, event_item, status, status_ts"
+_RUN_MUTABLE = frozenset(
+    {"status", "status_reason", "last_completed_step", "current_step", "end_ts", "duration", "variables", "start_ts"}
+)
+_STEP_MUTABLE = frozenset({"status", "start_ts", "end_ts", "duration", "exit_code", "attempts", "output", "message"})
+
+
+def _json_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, dict | list) else _sql_value(value)
 
 
 def _sql_value(value: Any) -> Any:

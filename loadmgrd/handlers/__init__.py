@@ -1,5 +1,5 @@
 """JSON-RPC method handlers, one module per concept. Importing this package registers them all."""
 
-from loadmgrd.handlers import currency, events, jobs, processes, repo
+from loadmgrd.handlers import currency, events, jobs, processes, repo, runs
 
-__all__ = ["currency", "events", "jobs", "processes", "repo"]
+__all__ = ["currency", "events", "jobs", "processes", "repo", "runs"]

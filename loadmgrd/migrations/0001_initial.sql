@@ -50,8 +50,9 @@ CREATE TABLE job_event (
 
 -- The current (latest) run of each job. Finished runs move to the *_hist tables when the
 -- next run starts, so these stay one row per job and status/listall stay cheap.
+-- AUTOINCREMENT: a run key is never reused, so archived runs keep unique keys.
 CREATE TABLE job_run (
-    run_key              INTEGER PRIMARY KEY,
+    run_key              INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id               TEXT NOT NULL,
     job_key              INTEGER NOT NULL UNIQUE REFERENCES job (job_key) ON DELETE CASCADE,
     status               TEXT NOT NULL,

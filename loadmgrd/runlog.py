@@ -1,0 +1,64 @@
+"""A run's log file: one line per output line, timestamped, buffered and flushed in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+FLUSH_DELAY = 0.2
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def log_file_path(location: Path, prefix: str, extension: str, date_format: str, job: str, started: datetime) -> Path:
+    """``LOCATION/PREFIX<job>_<start>EXTENSION``; the job name is made file-name safe, so no name
+    can place a log outside the configured location."""
+    safe_job = _UNSAFE.sub("_", job).lstrip(".") or "job"
+    stamp = _UNSAFE.sub("_", started.strftime(date_format))
+    return location / f"{prefix}{safe_job}_{stamp}{extension}"
+
+
+class RunLog:
+    """Appends ``YYYY-MM-DD HH:MM:SS.mmm LEVEL [step N] text`` lines; followers wait on ``changed``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = open(path, "a", encoding="utf-8", errors="replace", buffering=65536)  # noqa: SIM115
+        os.chmod(path, 0o640)
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._changed = asyncio.Event()
+
+    def write(self, text: str, *, step: int | None = None, level: str = "INFO") -> None:
+        if self._file is None:
+            return
+        now = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        where = f" [step {step}]" if step is not None else ""
+        for line in text.splitlines() or [""]:
+            self._file.write(f"{now} {level:<7}{where} {line}\n")
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._file is not None:
+            self._file.flush()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, timeout: float) -> None:
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,404 @@
+"""One run in progress: waits for its events, runs its steps, commits each outcome.
+
+A run is one asyncio task. Steps whose prerequisites are complete start together (plain
+sequential order when no wait steps are given); pause and stop stop new steps from starting and
+take effect when the running ones end (``stop --now`` also terminates them). Every step outcome
+is committed with the run's progress in one transaction before anything else happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shlex
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loadmgrd import steps as step_functions
+from loadmgrd.jobfile import StepDef, prerequisites
+from loadmgrd.runlog import RunLog
+from loadmgrd.states import EventAction, RunStatus, StepStatus
+from loadmgrd.stepargs import parse_args
+from loadmgrd.steps import expand_path
+from loadmgrd.timefmt import now_ts
+from loadmgrd.variables import substitute
+
+if TYPE_CHECKING:
+    from loadmgrd.engine import Engine
+
+log = logging.getLogger("loadmgrd.runner")
+
+_PROCESS_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+@dataclass
+class LiveStep:
+    started: float
+    start_ts: str
+
+
+@dataclass
+class ActiveRun:
+    """A run owned by the daemon right now (Ready, Waiting, Running, Pausing or Stopping)."""
+
+    engine: Engine
+    job_key: int
+    job_name: str
+    job_group: str | None
+    run_key: int
+    run_id: str
+    log: RunLog
+    status: RunStatus = RunStatus.READY
+    pause_requested: bool = False
+    stop_requested: bool = False
+    stop_now: bool = False
+    reason: str | None = None
+    live: dict[int, LiveStep] = field(default_factory=dict)
+    process_groups: set[int] = field(default_factory=set)
+    total_steps: int = 0
+    done_steps: int = 0
+    started_monotonic: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    control: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False
+
+    # ------------------------------------------------------------------ control
+
+    def request(self, *, pause: bool = False, stop: bool = False, now: bool = False) -> None:
+        if stop:
+            self.stop_requested = True
+            self.stop_now = self.stop_now or now
+        if pause:
+            self.pause_requested = True
+        self.control.set()
+        if now:
+            self.terminate_steps()
+
+    def terminate_steps(self) -> None:
+        """SIGTERM every running step's process group; SIGKILL what is left after the grace period."""
+        groups = set(self.process_groups)
+        if not groups:
+            return
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+        grace = self.engine.config.daemon.stop_grace_period
+        asyncio.get_running_loop().call_later(grace, _kill_groups, groups)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "job": self.job_name,
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "running_steps": sorted(self.live),
+            "steps_done": self.done_steps,
+            "steps_total": self.total_steps,
+            "elapsed": round(time.monotonic() - self.started_monotonic, 3),
+        }
+
+    # ------------------------------------------------------------------ the task
+
+    async def execute(self, *, continuing: bool) -> None:
+        """The run's task body. ``continuing`` = a Paused run resumed (events already handled)."""
+        repo = self.engine.repo
+        try:
+            run = await repo.run_by_key(self.run_key)
+            assert run is not None
+            self.total_steps = len(run["steps"])
+            self.done_steps = sum(1 for s in run["steps"] if StepStatus(s["status"]).is_complete)
+            if not continuing:
+                self.log.write(f"run {self.run_id} of job {self.job_name} started")
+                self._reset_create_events(run)
+            else:
+                self.log.write(f"run {self.run_id} of job {self.job_name} resumed")
+            async with self.engine.slot(self):
+                if self.stop_requested or self.pause_requested:
+                    await self._finish(run)
+                    return
+                if not await self._wait_events(run):
+                    await self._finish(run)
+                    return
+                await self._set_status(RunStatus.RUNNING)
+                await self._run_steps(run)
+                await self._finish(run)
+        except asyncio.CancelledError:
+            self.reason = self.reason or "loadmgrd shut down"
+            await asyncio.shield(self._close(RunStatus.STOPPED))
+            raise
+        except Exception as exc:
+            log.exception("run %s of job %s failed inside loadmgrd", self.run_id, self.job_name)
+            self.reason = f"internal error: {type(exc).__name__}: {exc}"
+            await asyncio.shield(self._close(RunStatus.FAILED))
+        finally:
+            self.engine.forget(self)
+
+    def _reset_create_events(self, run: Mapping[str, Any]) -> None:
+        env = self._environment(None, run)
+        for event in run["events"]:
+            if event["action_type"] == EventAction.CREATE and event["status"] != "Skipped":
+                path = Path(expand_path(event["event_item"], env))
+                try:
+                    path.unlink()
+                    self.log.write(f"create event {event['event_name']}: removed {path} (reset)")
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    self.log.write(
+                        f"create event {event['event_name']}: cannot remove {path}: {exc.strerror}", level="WARNING"
+                    )
+
+    async def _wait_events(self, run: Mapping[str, Any]) -> bool:
+        """Wait for every pending wait event; False if the run must end (timeout, stop, pause)."""
+        waits = [e for e in run["events"] if e["action_type"] == EventAction.WAIT and e["status"] == "Pending"]
+        if not waits:
+            return True
+        await self._set_status(RunStatus.WAITING)
+        config = self.engine.config.events
+        env = self._environment(None, run)
+        for event in waits:
+            path = Path(expand_path(event["event_item"], env))
+            self.log.write(f"waiting for event {event['event_name']}: {path}")
+            claim = asyncio.ensure_future(
+                self.engine.watcher.claim(path, config.wait_sleep_time, f"{self.run_id}-{event['event_name']}")
+            )
+            control = asyncio.ensure_future(self.control.wait())
+            timeout = config.wait_timeout or None
+            done, _ = await asyncio.wait({claim, control}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            control.cancel()
+            if claim not in done:
+                claim.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claim
+                if not done:
+                    self.reason = f"wait event {event['event_name']} ({path}) timed out after {config.wait_timeout:g} s"
+                    self.log.write(self.reason, level="ERROR")
+                    await self.engine.repo.set_event_status(self.run_key, event["event_name"], "Timed Out")
+                    self.failed = True
+                return False
+            claim.result()
+            event["status"] = "Found"
+            await self.engine.repo.set_event_status(self.run_key, event["event_name"], "Found")
+            self.log.write(f"event {event['event_name']} arrived: {path} (consumed)")
+        return True
+
+    async def _run_steps(self, run: dict[str, Any]) -> None:
+        rows = {s["job_step"]: s for s in run["steps"]}
+        defs = [StepDef.from_mapping(s) for s in run["steps"]]
+        needs = prerequisites(defs)
+        done = {n for n, s in rows.items() if StepStatus(s["status"]).is_complete}
+        pending = sorted(n for n, s in rows.items() if not StepStatus(s["status"]).is_complete)
+        running: dict[asyncio.Task[bool], int] = {}
+        self.failed = False
+        while True:
+            if not (self.failed or self.stop_requested or self.pause_requested):
+                for number in list(pending):
+                    if all(p in done or p not in rows for p in needs[number]):
+                        pending.remove(number)
+                        task = asyncio.ensure_future(self._run_step(rows[number], run))
+                        running[task] = number
+            if not running:
+                break
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                number = running.pop(task)
+                if task.result():
+                    done.add(number)
+                else:
+                    self.failed = True
+        run["pending"] = pending
+
+    async def _run_step(self, row: dict[str, Any], run: dict[str, Any]) -> bool:
+        """Run one step and commit its outcome; True if the run may go on."""
+        number = row["job_step"]
+        start_ts = now_ts()
+        started = time.monotonic()
+        self.live[number] = LiveStep(started, start_ts)
+        self.engine.changed()
+        description = row["job_step_description"] or row["job_step_function"]
+        try:
+            if row["skip_step"]:
+                self.log.write(f"step {number} ({description}) skipped (skip_step)", step=number)
+                result = step_functions.StepResult(0, message="skip_step")
+                status = StepStatus.SKIPPED
+            else:
+                self.log.write(f"step {number} started: {description}", step=number)
+                result = await self._call(row, run)
+                if result.exit_code == 0:
+                    status = StepStatus.SUCCESS
+                elif row["job_step_ignore_error"] and not result.forced_failure:
+                    status = StepStatus.WARNING
+                else:
+                    status = StepStatus.FAILURE
+            duration = time.monotonic() - started
+            outcome = f"step {number} {status.value.lower()}: exit code {result.exit_code}, {duration:.3f} s"
+            if result.message:
+                outcome += f" ({result.message})"
+            level = {StepStatus.FAILURE: "ERROR", StepStatus.WARNING: "WARNING"}.get(status, "INFO")
+            self.log.write(outcome, step=number, level=level)
+            self.log.flush()
+            row.update(status=status.value, output=result.output)
+            if status.is_complete:
+                self.done_steps += 1
+            run_fields: dict[str, Any] = {"current_step": number}
+            if status.is_complete:
+                completed = [n for n in run["steps"] if StepStatus(n["status"]).is_complete]
+                run_fields["last_completed_step"] = max(s["job_step"] for s in completed)
+            if status is StepStatus.FAILURE:
+                self.reason = f"step {number} failed" + (f": {result.message}" if result.message else "")
+            await asyncio.shield(
+                self.engine.repo.finish_step(
+                    self.run_key,
+                    number,
+                    {
+                        "status": status.value,
+                        "start_ts": start_ts,
+                        "end_ts": now_ts(),
+                        "duration": round(duration, 6),
+                        "exit_code": result.exit_code,
+                        "attempts": 0 if status is StepStatus.SKIPPED else 1,
+                        "output": result.output,
+                        "message": result.message,
+                    },
+                    run_fields,
+                )
+            )
+            return status.is_complete
+        finally:
+            self.live.pop(number, None)
+            self.engine.changed()
+
+    async def _call(self, row: Mapping[str, Any], run: Mapping[str, Any]) -> step_functions.StepResult:
+        name = row["job_step_function"]
+        impl = step_functions.FUNCTIONS.get(name)
+        if impl is None:
+            return step_functions.unavailable(name)
+        config = self.engine.config
+        shell = name in step_functions.SHELL_FUNCTIONS
+        values = await self._variables(row, run)
+        delimiter = config.jobs.variable_delimiter
+        command = substitute(row["job_step_command"], values, delimiter, quote=shell)
+        temp_args: dict[str, str] = run["temp_args"]
+        own_args = parse_args(row["job_step_args"])
+        overridden = {k: v for k, v in temp_args.items() if k in own_args}
+        args_template = row["job_step_args"]
+        if overridden:  # temp args replace the step's own values for this run only
+            args_template = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**own_args, **overridden}.items())
+        args = substitute(args_template, values, delimiter, quote=shell)
+        for name_missing in (*command.unresolved, *args.unresolved):
+            self.log.write(
+                f"variable {delimiter}{name_missing}{delimiter} is not known here; left as is",
+                step=row["job_step"],
+                level="WARNING",
+            )
+        effective_args = {k: substitute(v, values, delimiter, quote=False).text for k, v in own_args.items()}
+        effective_args.update(temp_args)
+        context = step_functions.StepContext(
+            job=self.job_name,
+            run_id=self.run_id,
+            job_step=row["job_step"],
+            command=command.text,
+            args_text=args.text,
+            args=effective_args,
+            env=self._environment(row["job_step"], run),
+            log=self.log,
+            capture=bool(row["job_step_capture_output"]),
+            capture_limit=config.jobs.capture_output_limit,
+            events=run["events"],
+            process_groups=self.process_groups,
+            services=self.engine,
+        )
+        result = await impl(context)
+        for event_name in context.notes:
+            await self.engine.repo.set_event_status(self.run_key, event_name, "Created")
+        return result
+
+    async def _variables(self, row: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, str]:
+        values: dict[str, str] = {"job_log_file": str(self.log.path)}
+        variables: Mapping[str, Any] = run.get("variables") or {}
+        for key in ("currency_start_dttm", "currency_end_dttm"):
+            if variables.get(key):
+                values[key] = str(variables[key])
+        values.update(variables.get("step_outputs", {}))
+        for step in run["steps"]:
+            if step.get("output") is not None and StepStatus(step["status"]).is_complete:
+                values[f"step_{step['job_step']}"] = step["output"]
+        delimiter = self.engine.config.jobs.variable_delimiter
+        text = f"{row['job_step_command']} {row['job_step_args']}"
+        for match in re.finditer(re.escape(delimiter) + r"([A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)", text):
+            name = match.group(1)
+            process, attribute = name.split(".", 1)
+            entry = (variables.get("processes") or {}).get(process) or await self.engine.repo.latest_process_log(
+                process
+            )
+            if entry and attribute in entry and entry[attribute] is not None:
+                values[name] = str(entry[attribute])
+        return values
+
+    def _environment(self, job_step: int | None, run: Mapping[str, Any]) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(name, None)
+        env["LOADMGR_JOB"] = self.job_name
+        env["LOADMGR_RUN_ID"] = self.run_id
+        env["LOADMGR_LOG_FILE"] = str(self.log.path)
+        if job_step is not None:
+            env["LOADMGR_STEP"] = str(job_step)
+        variables: Mapping[str, Any] = run.get("variables") or {}
+        if variables.get("currency_start_dttm"):
+            env["LOADMGR_CURRENCY_START_DTTM"] = str(variables["currency_start_dttm"])
+        if variables.get("currency_end_dttm"):
+            env["LOADMGR_CURRENCY_END_DTTM"] = str(variables["currency_end_dttm"])
+        return env
+
+    # ------------------------------------------------------------------ endings
+
+    async def _finish(self, run: Mapping[str, Any]) -> None:
+        pending = run.get("pending")
+        if pending is None:
+            pending = [s for s in run["steps"] if not StepStatus(s["status"]).is_complete]
+        if self.stop_requested:
+            self.reason = self.reason or "stopped by an operator"
+            await self._close(RunStatus.STOPPED)
+        elif self.failed:
+            await self._close(RunStatus.FAILED)
+        elif self.pause_requested and pending:
+            await self._close(RunStatus.PAUSED)
+        else:
+            await self._close(RunStatus.COMPLETED)
+
+    async def _close(self, status: RunStatus) -> None:
+        """Record the run's end state (survives cancellation: called under shield)."""
+        self.status = status
+        ended = status is not RunStatus.PAUSED
+        fields: dict[str, Any] = {"status": status.value, "status_reason": self.reason}
+        if ended:
+            fields["end_ts"] = now_ts()
+            fields["duration"] = round(time.monotonic() - self.started_monotonic, 6)
+        await self.engine.repo.update_run(self.run_key, **fields)
+        line = f"run {self.run_id} {status.value.lower()}"
+        if self.reason and status is not RunStatus.COMPLETED:
+            line += f": {self.reason}"
+        self.log.write(line, level="ERROR" if status is RunStatus.FAILED else "INFO")
+        self.log.close()
+        log.info(
+            "job %s run %s: %s%s", self.job_name, self.run_id, status.value, f" ({self.reason})" if self.reason else ""
+        )
+        self.engine.changed()
+
+    async def _set_status(self, status: RunStatus) -> None:
+        self.status = status
+        await self.engine.repo.update_run(self.run_key, status=status.value)
+        self.engine.changed()
+
+
+def _kill_groups(groups: set[int]) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
