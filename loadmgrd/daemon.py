@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from loadmgrd import __version__, paths, systemd
+from loadmgrd import __version__, paths, procgroup, systemd
 from loadmgrd.access import AccessPolicy, Peer
 from loadmgrd.config import Config, load_config
 from loadmgrd.errors import ConfigError, LoadmgrError
@@ -101,7 +101,7 @@ class Daemon:
     async def _serve(self, repo: Repository) -> int:
         info = await repo.info()
         log.info("repository %s at schema version %s", info["database"], info["schema_version"])
-        recovered = await repo.fail_abandoned_runs(CRASH_REASON)
+        recovered, orphans = await repo.fail_abandoned_runs(CRASH_REASON)
         for run in recovered:
             log.warning(
                 "run %s of job %s was %s when loadmgrd stopped: marked Failed",
@@ -109,11 +109,13 @@ class Daemon:
                 run["job_name"],
                 run["status"],
             )
+        recovery = asyncio.create_task(self._end_orphans(orphans), name="end orphaned steps")
 
         from loadmgrd import handlers  # noqa: F401 - registers the JSON-RPC methods
         from loadmgrd.engine import Engine
 
         self.engine = Engine(self)
+        self.engine.recovery = recovery
 
         socket_path = self.config.daemon.socket
         activated = systemd.listen_socket()
@@ -135,6 +137,17 @@ class Daemon:
                 with contextlib.suppress(FileNotFoundError):
                     socket_path.unlink()
         return 0
+
+    async def _end_orphans(self, orphans: list[dict[str, Any]]) -> None:
+        """Steps of a daemon that died may still run: end their process groups before anything
+        can resume them, so no step runs twice at once."""
+        groups = [o["pgid"] for o in orphans if o["pgid"] and procgroup.is_same_group(o["pgid"], o["pgid_started"])]
+        for pgid in groups:
+            log.warning("ending process group %d left running by a step of the previous loadmgrd", pgid)
+        try:
+            await procgroup.terminate(groups, self.config.daemon.stop_grace_period)
+        except Exception:
+            log.exception("could not end the process groups of the previous loadmgrd's steps")
 
     def _context(self, peer: Peer) -> Context:
         assert self.repo is not None

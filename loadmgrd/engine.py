@@ -67,6 +67,7 @@ class Engine:
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._version = 0
         self._changed = asyncio.Event()
+        self.recovery: asyncio.Task[None] | None = None  # ending the steps of a daemon that died
 
     @property
     def repo(self) -> Repository:
@@ -179,6 +180,8 @@ class Engine:
 
     async def _start_one(self, job: Row, options: StartOptions) -> dict[str, Any]:
         job_key, job_name = job["job_key"], job["job_name"]
+        if self.recovery is not None and not self.recovery.done():
+            await asyncio.shield(self.recovery)  # no step may run while its crashed twin still does
         if job_key in self.runs:
             raise AlreadyRunning(f"job {job_name!r} is already running ({self.runs[job_key].status.value})")
         current = await self.repo.run_detail(job_key)

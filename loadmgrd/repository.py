@@ -310,8 +310,9 @@ class Repository:
             )
             return str(row[0])
 
-    async def fail_abandoned_runs(self, reason: str) -> list[Row]:
-        """Crash recovery: every run left in an active status becomes ``Failed`` with ``reason``."""
+    async def fail_abandoned_runs(self, reason: str) -> tuple[list[Row], list[Row]]:
+        """Crash recovery: every run left in an active status becomes ``Failed`` with ``reason``;
+        its steps left running become failures. Returns the runs and those steps' process groups."""
         statuses = [s.value for s in ACTIVE_RUN_STATUSES]
         marks = ", ".join("?" for _ in statuses)
         async with self._tx() as conn:
@@ -321,18 +322,33 @@ class Repository:
                 statuses,
             ) as cur:
                 rows = [dict(r) for r in await cur.fetchall()]
+            async with conn.execute(
+                "SELECT s.run_key, s.job_step, s.pgid, s.pgid_started FROM job_run_step s "
+                f"JOIN job_run r USING (run_key) WHERE s.status = 'Running' AND r.status IN ({marks})",
+                statuses,
+            ) as cur:
+                orphans = [dict(r) for r in await cur.fetchall()]
             if rows:
                 now = now_ts()
+                await conn.execute(
+                    "UPDATE job_run_step SET status = 'Failure', message = ?, end_ts = ? "
+                    f"WHERE status = 'Running' AND run_key IN (SELECT run_key FROM job_run WHERE status IN ({marks}))",
+                    (reason, now, *statuses),
+                )
                 await conn.execute(
                     f"UPDATE job_run SET status = ?, status_reason = ?, end_ts = ? WHERE status IN ({marks})",
                     (RunStatus.FAILED.value, reason, now, *statuses),
                 )
-                await conn.execute(
-                    "UPDATE job_run_step SET status = 'Failure', message = ?, end_ts = ? "
-                    "WHERE status = 'Running' AND run_key IN (SELECT run_key FROM job_run WHERE status = ?)",
-                    (reason, now, RunStatus.FAILED.value),
-                )
-            return rows
+            return rows, orphans
+
+    async def step_started(self, run_key: int, job_step: int, start_ts: str, pgid: int, pgid_started: str) -> None:
+        """Record a step's process group the moment it exists (for recovery after a crash)."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE job_run_step SET status = 'Running', start_ts = ?, pgid = ?, pgid_started = ? "
+                "WHERE run_key = ? AND job_step = ?",
+                (start_ts, pgid, pgid_started, run_key, job_step),
+            )
 
     # ------------------------------------------------------------------ runs
 
@@ -868,7 +884,20 @@ _RUN_COLUMNS = (
 )
 _RUN_COLS = ", ".join(_RUN_COLUMNS)
 _RUN_STEP_COLS = ", ".join(
-    ("run_key", *STEP_COLUMNS, "status", "start_ts", "end_ts", "duration", "exit_code", "attempts", "output", "message")
+    (
+        "run_key",
+        *STEP_COLUMNS,
+        "status",
+        "start_ts",
+        "end_ts",
+        "duration",
+        "exit_code",
+        "attempts",
+        "output",
+        "message",
+        "pgid",
+        "pgid_started",
+    )
 )
 _RUN_EVENT_COLS = "run_key, event_name, action_type, event_type, event_item, status, status_ts"
 _RUN_MUTABLE = frozenset(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadmgrd import procgroup
 from loadmgrd import steps as step_functions
 from loadmgrd.jobfile import StepDef, prerequisites
 from loadmgrd.runlog import RunLog
@@ -68,6 +69,7 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     control: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
+    _terminator: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -83,14 +85,9 @@ class ActiveRun:
 
     def terminate_steps(self) -> None:
         """SIGTERM every running step's process group; SIGKILL what is left after the grace period."""
-        groups = set(self.process_groups)
-        if not groups:
-            return
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-        grace = self.engine.config.daemon.stop_grace_period
-        asyncio.get_running_loop().call_later(grace, _kill_groups, groups)
+        if self.process_groups:
+            grace = self.engine.config.daemon.stop_grace_period
+            self._terminator = asyncio.ensure_future(procgroup.terminate(set(self.process_groups), grace))
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -250,7 +247,7 @@ class ActiveRun:
             if status.is_complete:
                 completed = [n for n in run["steps"] if StepStatus(n["status"]).is_complete]
                 run_fields["last_completed_step"] = max(s["job_step"] for s in completed)
-            if status is StepStatus.FAILURE:
+            if status is StepStatus.FAILURE and not self.stop_requested:
                 self.reason = f"step {number} failed" + (f": {result.message}" if result.message else "")
             await asyncio.shield(
                 self.engine.repo.finish_step(
@@ -313,11 +310,17 @@ class ActiveRun:
             events=run["events"],
             process_groups=self.process_groups,
             services=self.engine,
+            on_spawn=lambda pid: self._spawned(row["job_step"], pid),
         )
         result = await impl(context)
         for event_name in context.notes:
             await self.engine.repo.set_event_status(self.run_key, event_name, "Created")
         return result
+
+    async def _spawned(self, job_step: int, pid: int) -> None:
+        live = self.live.get(job_step)
+        start_ts = live.start_ts if live else now_ts()
+        await self.engine.repo.step_started(self.run_key, job_step, start_ts, pid, procgroup.start_time(pid) or "")
 
     async def _variables(self, row: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, str]:
         values: dict[str, str] = {"job_log_file": str(self.log.path)}

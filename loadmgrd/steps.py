@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadmgrd import procgroup
 from loadmgrd.filewatch import touch_atomically
 from loadmgrd.states import EventAction, StepFunction
 
@@ -48,6 +49,7 @@ class StepContext:
     process_groups: set[int]
     services: Any = None
     notes: list[str] = field(default_factory=list)
+    on_spawn: Callable[[int], Awaitable[None]] | None = None
 
     def expand(self, text: str) -> str:
         return expand_path(text, self.env)
@@ -96,6 +98,8 @@ async def run_command(ctx: StepContext) -> StepResult:
         start_new_session=True,
     )
     ctx.process_groups.add(proc.pid)
+    if ctx.on_spawn is not None:
+        await asyncio.shield(ctx.on_spawn(proc.pid))
     captured = bytearray()
     cut = False
 
@@ -133,7 +137,7 @@ async def run_command(ctx: StepContext) -> StepResult:
                 level="WARNING",
             )
     except asyncio.CancelledError:
-        _kill_group(proc.pid, signal.SIGKILL)
+        procgroup.signal_groups([proc.pid], signal.SIGKILL)
         pumps.cancel()
         raise
     finally:
@@ -152,11 +156,6 @@ async def run_command(ctx: StepContext) -> StepResult:
                 level="WARNING",
             )
     return StepResult(code, output, message)
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 async def call_create_event(ctx: StepContext) -> StepResult:

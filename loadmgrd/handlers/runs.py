@@ -204,4 +204,3 @@ async def watch(ctx: Context, params: WatchParams) -> dict[str, Any]:
     if params.since == version and params.wait > 0:
         version = await engine.wait_changed(params.since, params.wait)
     return {"version": version, "runs": await engine.status_rows(params.names), "pid": os.getpid()}
-

@@ -74,7 +74,9 @@ CREATE TABLE job_run (
     variables            TEXT NOT NULL DEFAULT '{}'
 );
 
--- The run's queue: the steps frozen at run start, with their per-step state.
+-- The run's queue: the steps frozen at run start, with their per-step state. pgid and
+-- pgid_started (the leader's start time in clock ticks) identify a running step's process
+-- group, so a restarted daemon can end the steps of a daemon that died.
 CREATE TABLE job_run_step (
     run_key                  INTEGER NOT NULL REFERENCES job_run (run_key) ON DELETE CASCADE,
     job_step                 INTEGER NOT NULL,
@@ -95,6 +97,8 @@ CREATE TABLE job_run_step (
     attempts                 INTEGER NOT NULL DEFAULT 0,
     output                   TEXT,
     message                  TEXT,
+    pgid                     INTEGER,
+    pgid_started             TEXT,
     PRIMARY KEY (run_key, job_step)
 ) WITHOUT ROWID;
 
@@ -155,6 +159,8 @@ CREATE TABLE job_run_step_hist (
     attempts                 INTEGER NOT NULL DEFAULT 0,
     output                   TEXT,
     message                  TEXT,
+    pgid                     INTEGER,
+    pgid_started             TEXT,
     PRIMARY KEY (run_key, job_step)
 ) WITHOUT ROWID;
 

@@ -128,8 +128,9 @@ async def test_crash_recovery_marks_active_runs_failed(repo: Repository) -> None
             "VALUES ('1x', ?, 'Running', '2026-01-01T00:00:00.000000Z')",
             (key,),
         )
-    recovered = await repo.fail_abandoned_runs("daemon died")
+    recovered, orphans = await repo.fail_abandoned_runs("daemon died")
     assert [r["job_name"] for r in recovered] == ["j"]
     run = await repo.current_run(key)
     assert run is not None and (run["status"], run["status_reason"]) == ("Failed", "daemon died")
-    assert await repo.fail_abandoned_runs("again") == []
+    assert orphans == []
+    assert await repo.fail_abandoned_runs("again") == ([], [])

@@ -1,0 +1,75 @@
+"""Process groups of steps: identify them across a daemon restart, and end them (TERM, then KILL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+
+POLL = 0.05
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the group, from /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pgid: int) -> bool:
+    """Does any process of the group still run? (A zombie does not count.)"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return bool(members(pgid)) if os.path.isdir("/proc/self") else True
+
+
+def is_same_group(pgid: int, leader_started: str | None) -> bool:
+    """Is ``pgid`` still the group a step started? While any member lives, the number cannot be
+    reused; if its leader lives, its start time must match the one recorded."""
+    if not alive(pgid):
+        return False
+    current = start_time(pgid)
+    return current is None or leader_started is None or current == leader_started
+
+
+def signal_groups(groups: Iterable[int], sig: int) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+async def terminate(groups: Iterable[int], grace: float) -> None:
+    """SIGTERM every group, wait up to ``grace`` seconds for them to go, then SIGKILL the rest."""
+    remaining = {g for g in groups if alive(g)}
+    signal_groups(remaining, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while remaining and time.monotonic() < deadline:
+        await asyncio.sleep(POLL)
+        remaining = {g for g in remaining if alive(g)}
+    signal_groups(remaining, signal.SIGKILL)
