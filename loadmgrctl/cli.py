@@ -424,23 +424,37 @@ def history(
 def logs(
     job: Annotated[str, typer.Argument(help="Job name.")],
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Follow the log until the run ends.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON: one object, or with -f one object per line as text arrives.")
+    ] = False,
 ) -> None:
     """Print the current run's log (-f follows it live until the run ends)."""
+    import json
+
     from loadmgrctl.transport import Connection
 
     offset = 0
+    collected: list[str] = []
+    reply: dict[str, Any] = {}
     try:
         with Connection(_settings.socket_path()) as conn:
             while True:
                 reply = conn.call("logs", {"job": job, "offset": offset, "wait": 10.0 if follow else 0.0})
                 if reply["content"]:
-                    sys.stdout.write(reply["content"])
+                    if as_json and follow:
+                        sys.stdout.write(json.dumps(reply) + "\n")
+                    elif as_json:
+                        collected.append(reply["content"])
+                    else:
+                        sys.stdout.write(reply["content"])
                     sys.stdout.flush()
                 offset = reply["offset"]
                 if not reply["content"] and (not follow or not reply["active"]):
                     break
     except ClientError as exc:
         _fail(str(exc), exc.exit_code)
+    if as_json and not follow:
+        output.print_json({**reply, "content": "".join(collected), "offset": offset})
 
 
 # ---------------------------------------------------------------------------- jobs
