@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -10,38 +11,23 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux ≥ 4.13
+
 
 @dataclass(frozen=True)
 class Peer:
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int]
 
     @classmethod
     def of(cls, sock: socket.socket) -> Peer:
-        """The kernel's record of the connecting process; nothing the client says is used."""
+        """The kernel's record of the connecting process, taken when it connected (SO_PEERCRED,
+        SO_PEERGROUPS): nothing the client says, and nothing that happens later, is used."""
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", raw)
-        return cls(pid, uid, gid)
-
-    @cached_property
-    def groups(self) -> frozenset[int]:
-        """The peer process's groups: from /proc while it lives, else from the group database."""
-        gids = {self.gid}
-        try:
-            with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
-                for line in status:
-                    if line.startswith("Groups:"):
-                        gids.update(int(g) for g in line.split()[1:])
-                        return frozenset(gids)
-        except (OSError, ValueError):
-            pass
-        try:
-            user = pwd.getpwuid(self.uid).pw_name
-            gids.update(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)
-        except KeyError:
-            pass
-        return frozenset(gids)
+        return cls(pid, uid, gid, frozenset({gid, *_peer_groups(sock, pid)}))
 
     @cached_property
     def user(self) -> str:
@@ -49,6 +35,28 @@ class Peer:
             return pwd.getpwuid(self.uid).pw_name
         except KeyError:
             return str(self.uid)
+
+
+def _peer_groups(sock: socket.socket, pid: int) -> list[int]:
+    size = 4 * 64
+    while size <= 4 * 65536:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:
+                size *= 4
+                continue
+            break
+        return list(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    # Kernels without SO_PEERGROUPS: the process's groups, read now, while it is connected.
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return [int(g) for g in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loadmgrd.access import AccessPolicy, Peer
-from loadmgrd.errors import ErrorCode, LoadmgrError, PermissionDenied, ProtocolError
+from loadmgrd.errors import ErrorCode, InvalidInput, LoadmgrError, PermissionDenied, ProtocolError
 from loadmgrd.protocol import Params, Request, validate_params
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ async def dispatch(request: Request, ctx: Context, policy: AccessPolicy) -> Any:
         return await entry.handler(ctx, params)
     except LoadmgrError:
         raise
+    except OverflowError as exc:
+        raise InvalidInput(f"{request.method}: a number is out of range ({exc})") from None
     except Exception as exc:  # a bug must not take the daemon down; the caller gets a reference
         log.exception("internal error in %s", request.method)
         raise LoadmgrError(f"internal error in {request.method}: {type(exc).__name__}: {exc}") from exc

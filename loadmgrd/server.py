@@ -85,15 +85,22 @@ class Server:
         self._limit = max_request_bytes
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()
         self.requests_served = 0
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=self._limit)
 
-    async def close(self) -> None:
-        """Stop accepting, then end open connections (their in-flight requests finish first)."""
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop accepting; let requests being processed finish and be answered (up to
+        ``drain_timeout``), then end every connection."""
         if self._server is not None:
             self._server.close()
+        for task in list(self._connections - self._busy):
+            task.cancel()
+        busy = list(self._busy)
+        if busy:
+            await asyncio.wait(busy, timeout=drain_timeout)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -111,6 +118,8 @@ class Server:
             await self._serve(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except RuntimeError as exc:  # uvloop: writing to a transport the client already closed
+            log.debug("client went away: %s", exc)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -141,10 +150,20 @@ class Server:
                     await writer.drain()
                 return
             if line.strip():
-                reply = await self._handle_line(line, ctx)
-                if reply:
-                    writer.write(reply)
-                    await writer.drain()
+                task = asyncio.current_task()
+                assert task is not None
+                self._busy.add(task)
+                try:
+                    reply = await self._handle_line(line, ctx)
+                    if reply:
+                        if writer.is_closing():
+                            return
+                        writer.write(reply)
+                        await writer.drain()
+                finally:
+                    self._busy.discard(task)
+                if self._server is not None and not self._server.is_serving():
+                    return  # shutting down: the answer went out, the connection ends
             if reader.at_eof():
                 return
 
@@ -156,6 +175,8 @@ class Server:
             return error_line(None, ProtocolError(ErrorCode.PARSE_ERROR, f"parse error: {detail}"))
         except RecursionError:
             return error_line(None, ProtocolError(ErrorCode.PARSE_ERROR, "parse error: nested too deeply"))
+        except ValueError as exc:  # e.g. an integer longer than Python converts
+            return error_line(None, ProtocolError(ErrorCode.PARSE_ERROR, f"parse error: {exc}"))
         if isinstance(decoded, list):
             if not decoded:
                 return error_line(None, ProtocolError(ErrorCode.INVALID_REQUEST, "empty batch"))
@@ -170,12 +191,11 @@ class Server:
             request_id = None
         try:
             request = parse_request(obj)
-            self.requests_served += 1
+        except LoadmgrError as exc:
+            return error_line(request_id, exc)  # not a valid request: answered, with id null if unknown
+        self.requests_served += 1
+        try:
             result = await dispatch(request, ctx, self.policy)
         except LoadmgrError as exc:
-            if isinstance(obj, dict) and "id" not in obj and not isinstance(exc, ProtocolError):
-                return b""
-            return error_line(request_id, exc)
-        if request.is_notification:
-            return b""
-        return result_line(request.id, result)
+            return b"" if request.is_notification else error_line(request.id, exc)
+        return b"" if request.is_notification else result_line(request.id, result)

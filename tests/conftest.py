@@ -159,8 +159,8 @@ def make_daemon(extra_config: str = "") -> Daemon:
 def daemon() -> Iterator[Daemon]:
     """One running daemon per test module."""
     d = make_daemon()
-    d.start()
     try:
+        d.start()
         yield d
     finally:
         d.stop()

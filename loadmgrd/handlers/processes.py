@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from loadmgrd.protocol import Line, Name, Params
 from loadmgrd.rpc import Context, method
 from loadmgrd.states import ProcessType, RowCountType
+
+OffsetDays = Annotated[int, Field(ge=-36600, le=36600, description="days")]
 
 
 class SettingsParams(Params):
@@ -16,8 +20,8 @@ class SettingsParams(Params):
     row_count_type: RowCountType | None = None
     row_count_property: Line | None = None
     currency_date_flag: bool | None = None
-    currency_start_offset: int | None = None
-    currency_end_offset: int | None = None
+    currency_start_offset: OffsetDays | None = None
+    currency_end_offset: OffsetDays | None = None
 
     def settings(self) -> dict[str, Any]:
         """Only the settings the caller gave."""
