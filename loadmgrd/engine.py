@@ -206,8 +206,6 @@ class Engine:
             return self._describe(job_name, plan, options, current)
         started = datetime.now(UTC)
         run_id = f"{job_key}{stamp(started)}"
-        if current is not None and current["run_id"] == run_id:
-            run_id = f"{run_id}_{current['run_key']}"
         logging_config = self.config.logging
         log_path = log_file_path(
             logging_config.location,
@@ -242,6 +240,7 @@ class Engine:
         except BaseException:
             run_log.close()
             raise
+        run_id = new.run_id  # made unique by the repository
         if options.one_off_file:
             run_log.write(f"steps from the one-off job file {options.one_off_file}")
         if options.temp_args:
@@ -421,13 +420,18 @@ class Engine:
             run.reason = "loadmgrd shut down"
             run.request(stop=True, now=True)
         tasks = [r.task for r in runs if r.task is not None]
+        grace = self.config.daemon.stop_grace_period
         if tasks:
-            grace = self.config.daemon.stop_grace_period
             _, pending = await asyncio.wait(tasks, timeout=grace + 5)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        # A step's command may be gone while children that ignore SIGTERM live on in its group:
+        # the terminators send them SIGKILL when the grace period ends.
+        terminators = [t for r in runs for t in r.terminators if not t.done()]
+        if terminators:
+            await asyncio.wait(terminators, timeout=grace + 5)
         self.watcher.close()
 
     async def status_rows(self, names: Sequence[str]) -> list[dict[str, Any]]:

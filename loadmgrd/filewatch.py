@@ -2,9 +2,10 @@
 
 A file counts as arrived when it was closed after writing (``IN_CLOSE_WRITE``) or moved into
 place (``IN_MOVED_TO``) while we watched, or — for a file already there, or where the kernel
-gives no notification (NFS, a directory that does not exist yet) — when its size and mtime are
-unchanged across two checks. The waiter then claims the file by renaming it away, so two runs
-waiting on the same file cannot both take it.
+gives no notification (NFS, a directory that does not exist yet, a hard link) — when its size
+and mtime are unchanged across two checks and no process holds it open for writing. The
+waiter then claims the file by renaming it away, so two runs waiting on the same file cannot
+both take it.
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ class FileWatcher:
             try:
                 snapshot = _stat(path)
                 if snapshot is not None:
-                    # Present already: complete if a close/move arrives, or if it holds still.
-                    if await _first(future, poll_interval) or _stat(path) == snapshot:
+                    # Present without a close/move seen: complete when one arrives, or when it
+                    # holds still and no process has it open for writing.
+                    if await _first(future, poll_interval):
+                        return
+                    if _stat(path) == snapshot and not open_for_writing(path):
                         return
                     continue
                 if await _first(future, poll_interval):
@@ -147,6 +151,35 @@ class FileWatcher:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 claimed.unlink()
             return
+
+
+def open_for_writing(path: Path) -> bool:
+    """Does any process we can see hold ``path`` open for writing? (From /proc/*/fd and fdinfo.)"""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return False
+    identity = (target.st_dev, target.st_ino)
+    for proc in os.scandir("/proc"):
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(f"/proc/{proc.name}/fd")
+        except OSError:
+            continue
+        with fds:
+            for fd in fds:
+                try:
+                    st = os.stat(fd.path)
+                    if (st.st_dev, st.st_ino) != identity:
+                        continue
+                    with open(f"/proc/{proc.name}/fdinfo/{fd.name}", encoding="ascii") as info:
+                        flags = next((line.split()[1] for line in info if line.startswith("flags:")), "0")
+                except (OSError, StopIteration, IndexError):
+                    continue
+                if int(flags, 8) & (os.O_WRONLY | os.O_RDWR):
+                    return True
+    return False
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -357,6 +357,7 @@ class Repository:
         and events, in one transaction. Returns the new run key."""
         async with self._tx() as conn:
             await self._archive_current(conn, run.job_key)
+            run.run_id = await self._unique_run_id(conn, run.job_key, run.run_id)
             cur = await conn.execute(
                 "INSERT INTO job_run (run_id, job_key, status, start_step, end_step, last_completed_step, "
                 "start_ts, log_file, resumed_from, one_off_steps, temp_args, skip_events, no_success_email, "
@@ -398,6 +399,21 @@ class Repository:
                 ],
             )
             return int(run_key)
+
+    @staticmethod
+    async def _unique_run_id(conn: aiosqlite.Connection, job_key: int, run_id: str) -> str:
+        """Run ids are job key + start second; a second run of the job in the same second gets _2, _3…"""
+        async with conn.execute(
+            "SELECT run_id FROM job_run_hist WHERE job_key = ? AND (run_id = ? OR run_id GLOB ?)",
+            (job_key, run_id, f"{run_id}_*"),
+        ) as cur:
+            taken = {r[0] for r in await cur.fetchall()}
+        if run_id not in taken:
+            return run_id
+        n = 2
+        while f"{run_id}_{n}" in taken:
+            n += 1
+        return f"{run_id}_{n}"
 
     async def _archive_current(self, conn: aiosqlite.Connection, job_key: int) -> None:
         async with conn.execute("SELECT run_key FROM job_run WHERE job_key = ?", (job_key,)) as cur:

@@ -69,7 +69,7 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     control: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
-    _terminator: asyncio.Future[None] | None = None
+    terminators: list[asyncio.Future[None]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ control
 
@@ -87,7 +87,7 @@ class ActiveRun:
         """SIGTERM every running step's process group; SIGKILL what is left after the grace period."""
         if self.process_groups:
             grace = self.engine.config.daemon.stop_grace_period
-            self._terminator = asyncio.ensure_future(procgroup.terminate(set(self.process_groups), grace))
+            self.terminators.append(asyncio.ensure_future(procgroup.terminate(set(self.process_groups), grace)))
 
     def snapshot(self) -> dict[str, Any]:
         return {
