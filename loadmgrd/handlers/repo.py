@@ -23,6 +23,7 @@ async def ping(ctx: Context, params: NoParams) -> dict[str, Any]:
         "pid": os.getpid(),
         "uptime": round(time.monotonic() - started, 3),
         "database": info["database"],
+        "runs": ctx.services.engine.counts() if ctx.services.engine else {},
         "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user, "admin": ctx.services.policy.is_admin(ctx.peer)},
     }
 
