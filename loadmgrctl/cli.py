@@ -32,12 +32,14 @@ process_app = typer.Typer(help="Manage processes (load windows).", no_args_is_he
 currency_app = typer.Typer(help="Manage the data currency of tables.", no_args_is_help=True)
 link_app = typer.Typer(help="Link processes to tables' data currency.", no_args_is_help=True)
 repo_app = typer.Typer(help="Manage the repository.", no_args_is_help=True)
+schedule_app = typer.Typer(help="Start jobs and groups on cron schedules.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(event_app, name="event")
 app.add_typer(process_app, name="process")
 app.add_typer(currency_app, name="currency")
 app.add_typer(link_app, name="link")
 app.add_typer(repo_app, name="repo")
+app.add_typer(schedule_app, name="schedule")
 
 
 @dataclass
@@ -360,7 +362,9 @@ def status(job: Annotated[str, typer.Argument(help="Job name.")], as_json: JsonO
     output.print_fields(
         {
             "job": job,
-            "status": run["status"] + (f" — {run['status_reason']}" if run.get("status_reason") else ""),
+            "status": run["status"]
+            + (" (queued: waiting for a free slot, [daemon] max_concurrent_jobs)" if run.get("queued") else "")
+            + (f" — {run['status_reason']}" if run.get("status_reason") else ""),
             "run id": run["run_id"],
             "steps": f"{run['start_step']}–{run['end_step']}",
             "running": ", ".join(str(n) for n in run["running_steps"]),
@@ -876,6 +880,74 @@ def link_remove(process: str, schema: str, table: str) -> None:
     """Remove a process↔table link."""
     rpc("link.remove", {"process": process, "schema": schema, "table": table})
     output.info(f"process {process} unlinked from {schema}.{table}")
+
+
+# ---------------------------------------------------------------------------- schedules
+
+
+@schedule_app.command("add")
+def schedule_add(
+    name: Annotated[str, typer.Argument(help="A job or a job group.")],
+    cron: Annotated[str, typer.Argument(help="5 cron fields, or 6 with seconds first; quote it.")],
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="IANA timezone of the fields (default: the host's).")
+    ] = None,
+) -> None:
+    """Start NAME whenever CRON fires."""
+    params: dict[str, Any] = {"name": name, "cron": cron}
+    if timezone:
+        params["timezone"] = timezone
+    result = rpc("schedule.add", params)
+    output.info(f"{name} scheduled '{result['cron']}'; next fire {output.local_time(result['next_fire_ts'])}")
+
+
+@schedule_app.command("remove")
+def schedule_remove(
+    name: str, cron: Annotated[str | None, typer.Argument(help="Only this schedule (default: all).")] = None
+) -> None:
+    """Remove NAME's schedules (or only CRON)."""
+    params: dict[str, Any] = {"name": name}
+    if cron:
+        params["cron"] = cron
+    result = rpc("schedule.remove", params)
+    output.info(f"{name}: {result['removed']} schedule(s) removed")
+
+
+@schedule_app.command("enable")
+def schedule_enable(name: str) -> None:
+    """Enable NAME's schedules."""
+    result = rpc("schedule.enable", {"name": name})
+    output.info(f"{name}: {result['schedules']} schedule(s) enabled")
+
+
+@schedule_app.command("disable")
+def schedule_disable(name: str) -> None:
+    """Disable NAME's schedules (kept, but not fired)."""
+    result = rpc("schedule.disable", {"name": name})
+    output.info(f"{name}: {result['schedules']} schedule(s) disabled")
+
+
+@schedule_app.command("list")
+def schedule_list(as_json: JsonOpt = False) -> None:
+    """Every schedule with its next fire time."""
+    result = rpc("schedule.list")
+    if as_json:
+        output.print_json(result["schedules"])
+        return
+    output.print_table(
+        ["Name", "Cron", "Timezone", "Enabled", "Last fire", "Next fire"],
+        (
+            [
+                s["target_name"],
+                s["cron"],
+                s["timezone"] or "local",
+                s["enabled"],
+                output.local_time(s["last_fire_ts"]),
+                output.local_time(s["next_fire_ts"]),
+            ]
+            for s in result["schedules"]
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------- repository

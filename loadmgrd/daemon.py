@@ -80,6 +80,9 @@ class Daemon:
         self._server: Server | None = None
         self._stop: asyncio.Event | None = None
         self._sigint_count = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.failed = False
+        self.scheduler: Any = None
 
     # ------------------------------------------------------------------ running
 
@@ -116,6 +119,9 @@ class Daemon:
 
         self.engine = Engine(self)
         self.engine.recovery = recovery
+        from loadmgrd.scheduler import Scheduler
+
+        self.scheduler = Scheduler(self.engine)
 
         socket_path = self.config.daemon.socket
         activated = systemd.listen_socket()
@@ -124,6 +130,7 @@ class Daemon:
         try:
             await self._server.start(sock)
             self._install_signals()
+            self._background(self.scheduler.run(), "scheduler")
             where = f"{socket_path} (socket activation)" if activated else str(socket_path)
             log.info("loadmgrd %s listening on %s (pid %d)", __version__, where, os.getpid())
             systemd.notify(f"READY=1\nSTATUS=serving on {socket_path}\nMAINPID={os.getpid()}")
@@ -131,12 +138,28 @@ class Daemon:
             log.info("shutting down")
             systemd.notify("STOPPING=1")
         finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.engine.shutdown()
             await self._server.close()
             if activated is None:  # an activated socket belongs to systemd
                 with contextlib.suppress(FileNotFoundError):
                     socket_path.unlink()
-        return 0
+        return 1 if self.failed else 0
+
+    def _background(self, coro: Any, name: str) -> None:
+        """A daemon-wide task; if it dies, the daemon stops loudly rather than limping on."""
+        task = asyncio.create_task(coro, name=name)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            if not finished.cancelled() and finished.exception() is not None:
+                log.critical("background task %s failed: %r; stopping", name, finished.exception())
+                self.failed = True
+                self.request_stop()
+
+        task.add_done_callback(done)
+        self._tasks.append(task)
 
     async def _end_orphans(self, orphans: list[dict[str, Any]]) -> None:
         """Steps of a daemon that died may still run: end their process groups before anything

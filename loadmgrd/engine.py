@@ -121,10 +121,13 @@ class Engine:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._slot_waiters.append(waiter)
             control: asyncio.Future[Any] = asyncio.ensure_future(run.control.wait())
+            run.queued = True
+            self.changed()
             try:
                 await asyncio.wait([waiter, control], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 control.cancel()
+                run.queued = False
             if not waiter.done():
                 waiter.cancel()
                 self._slot_waiters.remove(waiter)

@@ -17,7 +17,7 @@ from typing import Any
 
 from loadmgrd.errors import InvalidInput, JobFileError
 from loadmgrd.states import StepFunction
-from loadmgrd.stepargs import parse_args
+from loadmgrd.stepargs import parse_args, step_control
 from loadmgrd.text import DecodeFailure, decode_utf8
 
 REQUIRED_COLUMNS = ("job_step", "job_step_function", "job_step_command")
@@ -385,7 +385,7 @@ def validate(parsed: ParsedJobFile, file: str) -> None:
     for step in parsed.steps:
         line = parsed.lines.get(step.job_step)
         try:
-            parse_args(step.job_step_args)
+            step_control(parse_args(step.job_step_args))
         except InvalidInput as exc:
             raise JobFileError(file, line, "job_step_args", f"step {step.job_step}: {exc.message}") from None
         if step.job_step_function not in known_functions:

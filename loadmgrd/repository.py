@@ -463,7 +463,7 @@ class Repository:
             assignments = ", ".join(f"{k} = ?" for k in step)
             await conn.execute(
                 f"UPDATE job_run_step SET {assignments} WHERE run_key = ? AND job_step = ?",
-                (*step.values(), run_key, job_step),
+                (*(_json_value(v) for v in step.values()), run_key, job_step),
             )
             await self._update_run(conn, run_key, run)
 
@@ -517,6 +517,7 @@ class Repository:
         for step in steps:
             for name in _BOOL_FIELDS:
                 step[name] = bool(step[name])
+            step["attempt_log"] = json.loads(step["attempt_log"]) if step["attempt_log"] else []
             del step["run_key"]
         run["steps"] = steps
         async with conn.execute(
@@ -801,6 +802,52 @@ class Repository:
             if cur.rowcount == 0:
                 raise NotFound(f"process {process!r} is not linked to {schema}.{table}")
 
+    # ------------------------------------------------------------------ schedules
+
+    async def add_schedule(self, target: str, cron: str, timezone: str | None) -> None:
+        async with self._tx() as conn:
+            await self._require_absent(
+                conn,
+                "SELECT 1 FROM schedule WHERE target_name = ? AND cron = ?",
+                (target, cron),
+                f"{target!r} already has the schedule {cron!r}",
+            )
+            await conn.execute(
+                "INSERT INTO schedule (target_name, cron, timezone, created_ts) VALUES (?, ?, ?, ?)",
+                (target, cron, timezone, now_ts()),
+            )
+
+    async def remove_schedules(self, target: str, cron: str | None) -> int:
+        async with self._tx() as conn:
+            if cron is None:
+                cur = await conn.execute("DELETE FROM schedule WHERE target_name = ?", (target,))
+            else:
+                cur = await conn.execute("DELETE FROM schedule WHERE target_name = ? AND cron = ?", (target, cron))
+            if cur.rowcount == 0:
+                what = f"the schedule {cron!r}" if cron else "a schedule"
+                raise NotFound(f"{target!r} has no {what}")
+            return int(cur.rowcount)
+
+    async def set_schedules_enabled(self, target: str, enabled: bool) -> int:
+        async with self._tx() as conn:
+            cur = await conn.execute("UPDATE schedule SET enabled = ? WHERE target_name = ?", (int(enabled), target))
+            if cur.rowcount == 0:
+                raise NotFound(f"{target!r} has no schedule")
+            return int(cur.rowcount)
+
+    async def list_schedules(self) -> list[Row]:
+        rows = await self._all(
+            "SELECT schedule_key, target_name, cron, timezone, enabled, last_fire_ts, created_ts FROM schedule "
+            "ORDER BY target_name, cron"
+        )
+        for row in rows:
+            row["enabled"] = bool(row["enabled"])
+        return rows
+
+    async def schedule_fired(self, schedule_key: int, fire_ts: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute("UPDATE schedule SET last_fire_ts = ? WHERE schedule_key = ?", (fire_ts, schedule_key))
+
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
@@ -919,7 +966,9 @@ _RUN_EVENT_COLS = "run_key, event_name, action_type, event_type, event_item, sta
 _RUN_MUTABLE = frozenset(
     {"status", "status_reason", "last_completed_step", "current_step", "end_ts", "duration", "variables", "start_ts"}
 )
-_STEP_MUTABLE = frozenset({"status", "start_ts", "end_ts", "duration", "exit_code", "attempts", "output", "message"})
+_STEP_MUTABLE = frozenset(
+    {"status", "start_ts", "end_ts", "duration", "exit_code", "attempts", "output", "message", "attempt_log"}
+)
 
 
 def _json_value(value: Any) -> Any:

@@ -26,7 +26,7 @@ from loadmgrd import steps as step_functions
 from loadmgrd.jobfile import StepDef, prerequisites
 from loadmgrd.runlog import RunLog
 from loadmgrd.states import EventAction, RunStatus, StepStatus
-from loadmgrd.stepargs import parse_args
+from loadmgrd.stepargs import CONTROL_ARGS, parse_args, step_control
 from loadmgrd.steps import expand_path
 from loadmgrd.timefmt import now_ts
 from loadmgrd.variables import substitute
@@ -69,6 +69,8 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     control: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
+    queued: bool = False  # Ready, waiting for a free slot ([daemon] max_concurrent_jobs)
+    last_completed: int | None = None
     terminators: list[asyncio.Future[None]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ control
@@ -94,6 +96,7 @@ class ActiveRun:
             "job": self.job_name,
             "run_id": self.run_id,
             "status": self.status.value,
+            "queued": self.queued,
             "running_steps": sorted(self.live),
             "steps_done": self.done_steps,
             "steps_total": self.total_steps,
@@ -109,7 +112,9 @@ class ActiveRun:
             run = await repo.run_by_key(self.run_key)
             assert run is not None
             self.total_steps = len(run["steps"])
-            self.done_steps = sum(1 for s in run["steps"] if StepStatus(s["status"]).is_complete)
+            complete = [s["job_step"] for s in run["steps"] if StepStatus(s["status"]).is_complete]
+            self.done_steps = len(complete)
+            self.last_completed = run.get("last_completed_step") or (max(complete) if complete else None)
             if not continuing:
                 self.log.write(f"run {self.run_id} of job {self.job_name} started")
                 self._reset_create_events(run)
@@ -212,13 +217,14 @@ class ActiveRun:
         run["pending"] = pending
 
     async def _run_step(self, row: dict[str, Any], run: dict[str, Any]) -> bool:
-        """Run one step and commit its outcome; True if the run may go on."""
+        """Run one step (with its retries) and commit its outcome; True if the run may go on."""
         number = row["job_step"]
         start_ts = now_ts()
         started = time.monotonic()
         self.live[number] = LiveStep(started, start_ts)
         self.engine.changed()
         description = row["job_step_description"] or row["job_step_function"]
+        attempts: list[dict[str, Any]] = []
         try:
             if row["skip_step"]:
                 self.log.write(f"step {number} ({description}) skipped (skip_step)", step=number)
@@ -226,7 +232,7 @@ class ActiveRun:
                 status = StepStatus.SKIPPED
             else:
                 self.log.write(f"step {number} started: {description}", step=number)
-                result = await self._call(row, run)
+                result = await self._attempts(row, run, attempts)
                 if result.exit_code == 0:
                     status = StepStatus.SUCCESS
                 elif row["job_step_ignore_error"] and not result.forced_failure:
@@ -241,12 +247,11 @@ class ActiveRun:
             self.log.write(outcome, step=number, level=level)
             self.log.flush()
             row.update(status=status.value, output=result.output)
-            if status.is_complete:
-                self.done_steps += 1
             run_fields: dict[str, Any] = {"current_step": number}
             if status.is_complete:
-                completed = [n for n in run["steps"] if StepStatus(n["status"]).is_complete]
-                run_fields["last_completed_step"] = max(s["job_step"] for s in completed)
+                self.done_steps += 1
+                self.last_completed = max(self.last_completed or number, number)
+                run_fields["last_completed_step"] = self.last_completed
             if status is StepStatus.FAILURE and not self.stop_requested:
                 self.reason = f"step {number} failed" + (f": {result.message}" if result.message else "")
             await asyncio.shield(
@@ -259,9 +264,10 @@ class ActiveRun:
                         "end_ts": now_ts(),
                         "duration": round(duration, 6),
                         "exit_code": result.exit_code,
-                        "attempts": 0 if status is StepStatus.SKIPPED else 1,
+                        "attempts": len(attempts),
                         "output": result.output,
                         "message": result.message,
+                        "attempt_log": attempts if len(attempts) > 1 else None,
                     },
                     run_fields,
                 )
@@ -270,6 +276,59 @@ class ActiveRun:
         finally:
             self.live.pop(number, None)
             self.engine.changed()
+
+    async def _attempts(
+        self, row: Mapping[str, Any], run: Mapping[str, Any], attempts: list[dict[str, Any]]
+    ) -> step_functions.StepResult:
+        """Call the step function, with ``timeout`` per attempt and up to ``retries`` more attempts."""
+        number = row["job_step"]
+        own = parse_args(row["job_step_args"])
+        control = step_control({**own, **{k: v for k, v in run["temp_args"].items() if k in CONTROL_ARGS}})
+        total = control.retries + 1
+        result = step_functions.StepResult(1)
+        for attempt in range(1, total + 1):
+            if attempt > 1:
+                self.log.write(
+                    f"step {number}: attempt {attempt} of {total} in {control.retry_delay:g} s",
+                    step=number,
+                    level="WARNING",
+                )
+                if await self._interrupted_within(control.retry_delay):
+                    break
+            begun, begun_ts = time.monotonic(), now_ts()
+            try:
+                result = await asyncio.wait_for(self._call(row, run), control.timeout)
+            except TimeoutError:
+                result = step_functions.StepResult(124, message=f"timed out after {control.timeout:g} s")
+            attempts.append(
+                {
+                    "attempt": attempt,
+                    "start_ts": begun_ts,
+                    "end_ts": now_ts(),
+                    "duration": round(time.monotonic() - begun, 6),
+                    "exit_code": result.exit_code,
+                    "message": result.message,
+                }
+            )
+            if result.exit_code == 0 or result.forced_failure or self.stop_requested:
+                break
+            if attempt < total:
+                self.log.write(
+                    f"step {number}: attempt {attempt} failed (exit code {result.exit_code}"
+                    + (f", {result.message}" if result.message else "")
+                    + ")",
+                    step=number,
+                    level="WARNING",
+                )
+        return result
+
+    async def _interrupted_within(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless a stop arrives first (True = stop)."""
+        if self.stop_requested:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.control.wait(), seconds)
+        return self.stop_requested
 
     async def _call(self, row: Mapping[str, Any], run: Mapping[str, Any]) -> step_functions.StepResult:
         name = row["job_step_function"]
@@ -285,8 +344,10 @@ class ActiveRun:
         own_args = parse_args(row["job_step_args"])
         overridden = {k: v for k, v in temp_args.items() if k in own_args}
         args_template = row["job_step_args"]
-        if overridden:  # temp args replace the step's own values for this run only
-            args_template = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**own_args, **overridden}.items())
+        if overridden or CONTROL_ARGS & own_args.keys():
+            # temp args replace the step's own values for this run; timeout/retries are loadmgr's
+            kept = {k: v for k, v in {**own_args, **overridden}.items() if k not in CONTROL_ARGS}
+            args_template = " ".join(f"{k}={shlex.quote(v)}" for k, v in kept.items())
         args = substitute(args_template, values, delimiter, quote=shell)
         for name_missing in (*command.unresolved, *args.unresolved):
             self.log.write(

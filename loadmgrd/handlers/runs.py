@@ -124,9 +124,11 @@ async def status(ctx: Context, params: JobParams) -> dict[str, Any]:
                 step["start_ts"] = live.start_ts
                 step["elapsed"] = round(now - live.started, 3)
         run["running_steps"] = sorted(active.live)
+        run["queued"] = active.queued
         run["elapsed"] = round(now - active.started_monotonic, 3)
     else:
         run["running_steps"] = []
+        run["queued"] = False
     return {"job": params.job, "job_group": job["job_group"], "status": run["status"], "run": run}
 
 
