@@ -971,6 +971,31 @@ def repo_maintenance(
     output.info(f"maintenance mode is {'ON' if result['maintenance_mode'] else 'OFF'}")
 
 
+@repo_app.command("backup")
+def repo_backup(
+    path: Annotated[Path, typer.Argument(help="Where the daemon writes the copy (on its host).")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing file.")] = False,
+) -> None:
+    """Copy the repository online (jobs may run), consistently, and check the copy."""
+    result = rpc("repo.backup", {"path": str(path.absolute()), "force": force})
+    output.info(f"repository copied to {result['path']} ({result['bytes']} bytes, integrity check ok)")
+
+
+@repo_app.command("check")
+def repo_check(as_json: JsonOpt = False) -> None:
+    """Run SQLite's integrity and foreign-key checks on the repository."""
+    result = rpc("repo.check")
+    if as_json:
+        output.print_json(result)
+    elif result["ok"]:
+        output.info("repository integrity check: ok")
+    else:
+        for problem in [*result["integrity_check"], *result["foreign_key_check"]]:
+            output.error(problem)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 @repo_app.command("info")
 def repo_info(as_json: JsonOpt = False) -> None:
     """Repository file, schema version and maintenance mode."""

@@ -103,6 +103,8 @@ class Daemon:
 
     async def _serve(self, repo: Repository) -> int:
         info = await repo.info()
+        for migration in repo.applied_at_open:
+            log.info("repository migrated: applied %04d_%s", migration.version, migration.name)
         log.info("repository %s at schema version %s", info["database"], info["schema_version"])
         recovered, orphans = await repo.fail_abandoned_runs(CRASH_REASON)
         for run in recovered:
@@ -131,6 +133,10 @@ class Daemon:
             await self._server.start(sock)
             self._install_signals()
             self._background(self.scheduler.run(), "scheduler")
+            self._background(self._status_updates(), "systemd status")
+            interval = systemd.watchdog_interval()
+            if interval is not None:
+                self._background(self._watchdog(interval), "systemd watchdog")
             where = f"{socket_path} (socket activation)" if activated else str(socket_path)
             log.info("loadmgrd %s listening on %s (pid %d)", __version__, where, os.getpid())
             systemd.notify(f"READY=1\nSTATUS=serving on {socket_path}\nMAINPID={os.getpid()}")
@@ -187,6 +193,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._on_term)
         loop.add_signal_handler(signal.SIGINT, self._on_int)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
 
     def _on_term(self) -> None:
         log.info("SIGTERM received: graceful shutdown")
@@ -202,7 +209,7 @@ class Daemon:
 
     def _on_hup(self) -> None:
         """Reload the configuration; a bad file is rejected and the old one stays in force."""
-        systemd.notify("RELOADING=1")
+        systemd.reloading()
         try:
             new = load_config(self.config.source)
         except ConfigError as exc:
@@ -219,6 +226,35 @@ class Daemon:
             logging.getLogger().setLevel(new.log_level)
             log.info("configuration reloaded from %s", new.source or "built-in defaults")
         systemd.notify("READY=1")
+        self._status()
+
+    def _on_usr1(self) -> None:
+        """Reopen the run log files (after logrotate moved them)."""
+        assert self.engine is not None
+        count = self.engine.reopen_logs()
+        log.info("SIGUSR1: reopened %d run log file(s)", count)
+
+    def _status(self) -> None:
+        """``STATUS=`` for systemctl status: runs in progress by status."""
+        if self.engine is None:
+            return
+        counts = self.engine.counts()
+        text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "idle"
+        systemd.notify(f"STATUS=serving on {self.config.daemon.socket}; runs: {text}")
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _status_updates(self) -> None:
+        """Keep systemd's STATUS= line current (at most twice a second)."""
+        assert self.engine is not None
+        version = -1
+        while True:
+            version = await self.engine.wait_changed(version, 3600)
+            self._status()
+            await asyncio.sleep(0.5)
 
 
 # ---------------------------------------------------------------------- entry point

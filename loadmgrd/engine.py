@@ -108,6 +108,11 @@ class Engine:
     def version(self) -> int:
         return self._version
 
+    def reopen_logs(self) -> int:
+        for run in self.runs.values():
+            run.log.reopen()
+        return len(self.runs)
+
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = collections.Counter(r.status.value for r in self.runs.values())
         return dict(counts)

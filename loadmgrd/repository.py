@@ -68,6 +68,7 @@ class Repository:
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+        self.applied_at_open: list[Migration] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -85,11 +86,19 @@ class Repository:
             raise RepositoryError(f"cannot open repository {path}: {exc}") from None
         repo = cls(path, writer, reader)
         try:
-            await repo.migrate()
+            repo.applied_at_open = await repo.migrate()
+            await repo._check_writable()
         except BaseException:
             await repo.close()
             raise
         return repo
+
+    async def _check_writable(self) -> None:
+        try:
+            async with self._tx():
+                pass
+        except sqlite3.Error as exc:
+            raise RepositoryError(f"repository {self.path} cannot be written: {exc}") from None
 
     @staticmethod
     async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
@@ -200,6 +209,33 @@ class Repository:
                 "UPDATE repository_info SET maintenance_mode = ?, maintenance_ts = ? WHERE id = 1",
                 (int(enabled), now_ts()),
             )
+
+    async def backup(self, target: Path) -> Row:
+        """An online, consistent copy through SQLite's backup API (writers are not blocked in
+        WAL mode), written next to ``target`` and renamed into place once it checks out."""
+        temporary = target.with_name(f".{target.name}.partial")
+        temporary.unlink(missing_ok=True)
+        try:
+            async with aiosqlite.connect(str(temporary)) as copy:
+                async with self._read_lock:
+                    await self._reader.backup(copy)
+                async with copy.execute("PRAGMA integrity_check") as cur:
+                    check = [r[0] for r in await cur.fetchall()]
+            if check != ["ok"]:
+                raise RepositoryError(f"the backup copy failed its integrity check: {'; '.join(check[:5])}")
+            temporary.replace(target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return {"path": str(target), "bytes": target.stat().st_size, "integrity_check": "ok"}
+
+    async def integrity_check(self) -> Row:
+        async with self._read_lock:
+            async with self._reader.execute("PRAGMA integrity_check") as cur:
+                integrity = [r[0] for r in await cur.fetchall()]
+            async with self._reader.execute("PRAGMA foreign_key_check") as cur:
+                foreign = [f"{r[0]} row {r[1]} -> {r[2]}" for r in await cur.fetchall()]
+        return {"integrity_check": integrity, "foreign_key_check": foreign, "ok": integrity == ["ok"] and not foreign}
 
     async def schema_objects(self) -> list[Row]:
         """Tables and indexes as SQLite records them (for tests comparing schemas)."""

@@ -57,6 +57,15 @@ class RunLog:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
+    def reopen(self) -> None:
+        """Continue in a fresh file at the same path (logrotate moved the old one away)."""
+        if self._file is None:
+            return
+        self.flush()
+        self._file.close()
+        self._file = open(self.path, "a", encoding="utf-8", errors="replace", buffering=65536)  # noqa: SIM115
+        os.chmod(self.path, 0o640)
+
     def close(self) -> None:
         self.flush()
         if self._file is not None:

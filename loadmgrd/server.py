@@ -56,8 +56,14 @@ def claim_socket_path(path: Path) -> None:
 
 def bind_socket(path: Path, mode: int) -> socket.socket:
     """A listening Unix socket at ``path`` with ``mode``, never wider even for an instant."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    claim_socket_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SocketInUse(f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
+    try:
+        claim_socket_path(path)
+    except PermissionError as exc:
+        raise SocketInUse(f"cannot replace the stale socket {path}: {exc.strerror} (owned by another user?)") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)
     try:

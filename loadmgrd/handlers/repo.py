@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from loadmgrd import __version__
+from loadmgrd.errors import AlreadyExists, InvalidInput
 from loadmgrd.protocol import NoParams, Params
 from loadmgrd.rpc import Context, method
 
@@ -53,3 +57,32 @@ async def repo_maintenance(ctx: Context, params: MaintenanceParams) -> dict[str,
     enabled = (not info["maintenance_mode"]) if params.enabled is None else params.enabled
     await ctx.repo.set_maintenance(enabled)
     return {"maintenance_mode": enabled}
+
+
+class BackupParams(Params):
+    path: str = Field(min_length=1)
+    force: bool = False
+
+
+@method("repo.backup", admin=True, params=BackupParams)
+async def repo_backup(ctx: Context, params: BackupParams) -> dict[str, Any]:
+    """An online, consistent copy of the repository at ``path`` (an absolute path on the daemon's host)."""
+    target = Path(params.path)
+    if not target.is_absolute():
+        raise InvalidInput(f"backup path {params.path!r} must be absolute (it is written by the daemon)")
+    if target.resolve() == ctx.repo.path.resolve():
+        raise InvalidInput("the backup path is the repository itself")
+    if not target.parent.is_dir():
+        raise InvalidInput(f"directory {target.parent} does not exist")
+    if target.exists() and not params.force:
+        raise AlreadyExists(f"{target} exists; use --force to replace it")
+    try:
+        return await ctx.repo.backup(target)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {target}: {exc.strerror}") from None
+
+
+@method("repo.check", admin=False, params=NoParams)
+async def repo_check(ctx: Context, params: NoParams) -> dict[str, Any]:
+    """``PRAGMA integrity_check`` and ``foreign_key_check`` on the repository."""
+    return await ctx.repo.integrity_check()

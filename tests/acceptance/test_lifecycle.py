@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from loadmgrd.repository import load_migrations
 from tests.conftest import PYTHON, Daemon, make_daemon
+
+SCHEMA_VERSION = len(load_migrations())
 
 EXIT_TIMEOUT = 30.0
 JOB_FILE = "job_step,job_step_function,job_step_command\n10,run_command,true\n20,run_command,true\n"
@@ -70,7 +73,7 @@ def test_start_creates_database_and_socket(fresh_daemon: Daemon) -> None:
     assert stat.S_IMODE(st.st_mode) == 0o666, oct(stat.S_IMODE(st.st_mode))
     assert fresh_daemon.database.is_file()
     info = fresh_daemon.json("repo", "info")
-    assert info["schema_version"] == 1
+    assert info["schema_version"] == SCHEMA_VERSION
     assert Path(info["database"]) == fresh_daemon.database
     ping_ok(fresh_daemon)
 
@@ -332,10 +335,10 @@ def test_repo_create_is_idempotent(fresh_daemon: Daemon) -> None:
     fresh_daemon.start()
     for _ in range(2):
         out = fresh_daemon.ok("repo", "create")
-        assert "schema version 1" in out and "already up to date" in out, out
+        assert f"schema version {SCHEMA_VERSION}" in out and "already up to date" in out, out
     reply = fresh_daemon.rpc("repo.create")
     assert reply["result"]["migrations_applied"] == [], reply
-    assert reply["result"]["schema_version"] == 1
+    assert reply["result"]["schema_version"] == SCHEMA_VERSION
 
 
 def test_repo_maintenance_toggles_and_sets(fresh_daemon: Daemon) -> None:
@@ -405,7 +408,7 @@ def test_ping_json_shape(fresh_daemon: Daemon) -> None:
     fresh_daemon.start()
     out = fresh_daemon.ok("ping", "--json")
     result = json.loads(out)
-    assert result["schema_version"] == 1
+    assert result["schema_version"] == SCHEMA_VERSION
     assert fresh_daemon.proc is not None and result["pid"] == fresh_daemon.proc.pid
     assert result["peer"]["uid"] == os.getuid()
     assert Path(result["database"]) == fresh_daemon.database

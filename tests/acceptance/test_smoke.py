@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from loadmgrd.repository import load_migrations
 from tests.conftest import Daemon
+
+SCHEMA_VERSION = len(load_migrations())
 
 
 def test_ping_reports_version_and_schema(daemon: Daemon) -> None:
@@ -8,6 +11,6 @@ def test_ping_reports_version_and_schema(daemon: Daemon) -> None:
 
     reply = daemon.rpc("ping")
     assert reply["result"]["version"] == __version__
-    assert reply["result"]["schema_version"] == 1
+    assert reply["result"]["schema_version"] == SCHEMA_VERSION
     out = daemon.ok("ping")
-    assert f"loadmgrd {__version__}" in out and "schema version 1" in out
+    assert f"loadmgrd {__version__}" in out and f"schema version {SCHEMA_VERSION}" in out
