@@ -33,6 +33,7 @@ currency_app = typer.Typer(help="Manage the data currency of tables.", no_args_i
 link_app = typer.Typer(help="Link processes to tables' data currency.", no_args_is_help=True)
 repo_app = typer.Typer(help="Manage the repository.", no_args_is_help=True)
 schedule_app = typer.Typer(help="Start jobs and groups on cron schedules.", no_args_is_help=True)
+notify_app = typer.Typer(help="Email notifications.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(event_app, name="event")
 app.add_typer(process_app, name="process")
@@ -40,6 +41,7 @@ app.add_typer(currency_app, name="currency")
 app.add_typer(link_app, name="link")
 app.add_typer(repo_app, name="repo")
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(notify_app, name="notify")
 
 
 @dataclass
@@ -948,6 +950,27 @@ def schedule_list(as_json: JsonOpt = False) -> None:
             for s in result["schedules"]
         ),
     )
+
+
+# ---------------------------------------------------------------------------- notifications
+
+
+@notify_app.command("test")
+def notify_test(as_json: JsonOpt = False) -> None:
+    """Send a test mail to the success and failure lists; show the server's answer."""
+    result = rpc("notify.test")
+    if as_json:
+        output.print_json(result)
+    elif not result["results"]:
+        output.warn("[email] success_list and failure_list are both empty: nothing sent")
+    for item in [] if as_json else result["results"]:
+        to = ", ".join(item["recipients"])
+        if item["sent"]:
+            output.info(f"{item['list']} ({to}): sent via {result['server']}: {item['answer']}")
+        else:
+            output.error(f"{item['list']} ({to}): not sent: {item['error']}")
+    if any(not item["sent"] for item in result["results"]):
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------- repository

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loadmgrd import paths
 from loadmgrd.errors import ConfigError
+from loadmgrd.mail import valid_address
 from loadmgrd.text import DecodeFailure, decode_utf8
 
-_EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -105,6 +105,30 @@ class EmailConfig(_Section):
     success_list: list[str] = Field(default_factory=list)
     failure_list: list[str] = Field(default_factory=list)
     logging_level: str = "WARNING"
+    starttls: bool = False
+    use_tls: bool = False
+    username: str = ""
+    password: str = ""
+    password_file: Path | None = None
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+    send_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    max_log_lines: Annotated[int, Field(ge=0)] = 200
+
+    @model_validator(mode="after")
+    def _tls_and_login(self) -> EmailConfig:
+        if self.starttls and self.use_tls:
+            raise ValueError("starttls and use_tls exclude each other (use_tls = TLS from the first byte)")
+        if self.password and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password or self.password_file) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    def secret(self) -> str:
+        """The SMTP password (read from ``password_file`` when that is set)."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return self.password
 
     @field_validator("success_list", "failure_list", mode="before")
     @classmethod
@@ -117,7 +141,7 @@ class EmailConfig(_Section):
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         for address in value:
-            if not _EMAIL_RE.match(address):
+            if not valid_address(address):
                 raise ValueError(f"{address!r} is not an email address")
         return value
 
@@ -178,7 +202,12 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "targets": TargetsConfig,
 }
 
-_PATH_KEYS = {("repository", "database"), ("daemon", "socket"), ("logging", "location")}
+_PATH_KEYS = {
+    ("repository", "database"),
+    ("daemon", "socket"),
+    ("logging", "location"),
+    ("email", "password_file"),
+}
 
 
 def _key_lines(text: str) -> dict[tuple[str, str], list[int]]:
@@ -265,6 +294,9 @@ def load_config(path: Path | None) -> Config:
                     f"(known in [{section}]: {', '.join(known)})"
                 )
             if (section, key) in _PATH_KEYS:
+                if not value.strip():
+                    del items[key]  # an empty path means the default
+                    continue
                 items[key] = str(paths.resolve(path, value))
         raw[section] = items
 
@@ -278,4 +310,5 @@ def load_config(path: Path | None) -> Config:
         if section == "targets":
             key = loc[2] if len(loc) > 2 and loc[1] == "urls" else "default_target"
         message = str(error["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{where}{line_of(section, key)}: {section}.{key}: {message}") from None
+        name = f"{section}.{key}" if key else f"[{section}]"
+        raise ConfigError(f"{where}{line_of(section, key)}: {name}: {message}") from None

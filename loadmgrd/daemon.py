@@ -83,6 +83,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self.failed = False
         self.scheduler: Any = None
+        self.notifier: Any = None
 
     # ------------------------------------------------------------------ running
 
@@ -91,9 +92,13 @@ class Daemon:
         lock = RepositoryLock(self.config.repository.database)
         lock.acquire()
         try:
-            self.repo = await Repository.open(
-                self.config.repository.database, busy_timeout=self.config.repository.busy_timeout
-            )
+            try:
+                self.repo = await Repository.open(
+                    self.config.repository.database, busy_timeout=self.config.repository.busy_timeout
+                )
+            except LoadmgrError as exc:
+                await self._critical(exc.message)
+                raise
             try:
                 return await self._serve(self.repo)
             finally:
@@ -121,6 +126,10 @@ class Daemon:
 
         self.engine = Engine(self)
         self.engine.recovery = recovery
+        from loadmgrd.notifier import Notifier
+
+        self.notifier = Notifier(lambda: self.config)
+        self.engine.notifier = self.notifier
         from loadmgrd.scheduler import Scheduler
 
         self.scheduler = Scheduler(self.engine)
@@ -133,6 +142,7 @@ class Daemon:
             await self._server.start(sock)
             self._install_signals()
             self._background(self.scheduler.run(), "scheduler")
+            self._background(self.notifier.run(), "notifier")
             self._background(self._status_updates(), "systemd status")
             interval = systemd.watchdog_interval()
             if interval is not None:
@@ -144,15 +154,29 @@ class Daemon:
             log.info("shutting down")
             systemd.notify("STOPPING=1")
         finally:
+            await self.engine.shutdown()
+            await self.notifier.drain(timeout=5.0)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.engine.shutdown()
             await self._server.close()
             if activated is None:  # an activated socket belongs to systemd
                 with contextlib.suppress(FileNotFoundError):
                     socket_path.unlink()
         return 1 if self.failed else 0
+
+    async def _critical(self, problem: str) -> None:
+        """Mail the failure list that the daemon cannot open its repository (best effort)."""
+        from loadmgrd.notifier import SendError, critical_mail, send_now
+
+        msg = critical_mail(self.config, problem)
+        if msg is None:
+            return
+        try:
+            await send_now(self.config.email, msg)
+            log.info("CRITICAL ERROR mail sent to %s", msg["To"])
+        except SendError as exc:
+            log.error("could not send the CRITICAL ERROR mail: %s", exc)
 
     def _background(self, coro: Any, name: str) -> None:
         """A daemon-wide task; if it dies, the daemon stops loudly rather than limping on."""

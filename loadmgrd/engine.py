@@ -37,6 +37,7 @@ from loadmgrd.timefmt import now_ts, stamp, to_ts
 if TYPE_CHECKING:
     from loadmgrd.config import Config
     from loadmgrd.daemon import Daemon
+    from loadmgrd.notifier import Notifier
     from loadmgrd.repository import Repository
 
 log = logging.getLogger("loadmgrd.engine")
@@ -68,6 +69,7 @@ class Engine:
         self._version = 0
         self._changed = asyncio.Event()
         self.recovery: asyncio.Task[None] | None = None  # ending the steps of a daemon that died
+        self.notifier: Notifier | None = None
 
     @property
     def repo(self) -> Repository:
@@ -181,6 +183,8 @@ class Engine:
             try:
                 results.append(await self._start_one(job, options))
             except LoadmgrError as exc:
+                if isinstance(exc, AlreadyRunning) and self.notifier is not None and not options.dry_run:
+                    self.notifier.start_refused(job["job_name"], exc.message)
                 if not is_group:
                     raise
                 results.append(_refusal(job, exc))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from loadmgrd import procgroup
 from loadmgrd import steps as step_functions
 from loadmgrd.jobfile import StepDef, prerequisites
+from loadmgrd.notifier import read_log
 from loadmgrd.runlog import RunLog
 from loadmgrd.states import EventAction, RunStatus, StepStatus
 from loadmgrd.stepargs import CONTROL_ARGS, parse_args, step_control
@@ -69,6 +70,7 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     control: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
+    warnings_seen: bool = False
     queued: bool = False  # Ready, waiting for a free slot ([daemon] max_concurrent_jobs)
     last_completed: int | None = None
     terminators: list[asyncio.Future[None]] = field(default_factory=list)
@@ -248,6 +250,8 @@ class ActiveRun:
             self.log.flush()
             row.update(status=status.value, output=result.output)
             run_fields: dict[str, Any] = {"current_step": number}
+            if status is StepStatus.WARNING:
+                self.warnings_seen = True
             if status.is_complete:
                 self.done_steps += 1
                 self.last_completed = max(self.last_completed or number, number)
@@ -451,10 +455,25 @@ class ActiveRun:
             line += f": {self.reason}"
         self.log.write(line, level="ERROR" if status is RunStatus.FAILED else "INFO")
         self.log.close()
+        if ended:
+            await self._notify()
         log.info(
             "job %s run %s: %s%s", self.job_name, self.run_id, status.value, f" ({self.reason})" if self.reason else ""
         )
         self.engine.changed()
+
+    async def _notify(self) -> None:
+        """Queue the run's notification mail (never blocks on the mail server)."""
+        notifier = self.engine.notifier
+        if notifier is None:
+            return
+        try:
+            run = await self.engine.repo.run_by_key(self.run_key)
+            if run is not None:
+                text = await asyncio.to_thread(read_log, run["log_file"])
+                notifier.run_ended(self.job_name, run, warnings=self.warnings_seen, log_text=text)
+        except Exception:
+            log.exception("could not prepare the notification for run %s", self.run_id)
 
     async def _set_status(self, status: RunStatus) -> None:
         self.status = status

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import mimetypes
 import os
 import re
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -185,9 +188,103 @@ async def call_create_event(ctx: StepContext) -> StepResult:
     return StepResult(0, output=str(created))
 
 
+def _list_arg(value: str) -> list[str]:
+    """A list argument: a JSON list, or comma-separated text."""
+    text = value.strip()
+    if text.startswith("["):
+        items = json.loads(text)
+        if not isinstance(items, list):
+            raise ValueError("expected a list")
+        return [str(i).strip() for i in items if str(i).strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+async def send_email(ctx: StepContext) -> StepResult:
+    """Mail from a step: command = JSON with recipients and subject; args email_body, attachments, params."""
+    from jinja2 import Environment, StrictUndefined, TemplateError
+
+    from loadmgrd import mail
+    from loadmgrd.notifier import SendError, send_now, sender
+
+    try:
+        spec = json.loads(ctx.command) if ctx.command.strip() else {}
+    except json.JSONDecodeError as exc:
+        return StepResult(1, message=f"the command must be JSON with recipients and subject: {exc.msg}")
+    if not isinstance(spec, dict):
+        return StepResult(1, message="the command must be a JSON object with recipients and subject")
+    raw_recipients = ctx.args.get("recipients", spec.get("recipients", ""))
+    recipients = raw_recipients if isinstance(raw_recipients, list) else _list_arg(str(raw_recipients))
+    subject_line = str(ctx.args.get("subject", spec.get("subject", ""))).strip()
+    bad = [r for r in recipients if not mail.valid_address(r)]
+    if not recipients or bad:
+        return StepResult(1, message=f"bad recipients: {', '.join(bad) or 'none given'}")
+    if not subject_line:
+        return StepResult(1, message="no subject given")
+
+    body = ctx.args.get("email_body", "")
+    is_html = body.lstrip().lower().startswith("<html")
+    if not is_html and body.strip().lower().endswith((".html", ".htm", ".txt")) and "\n" not in body:
+        path = Path(ctx.expand(body.strip()))
+        try:
+            body = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return StepResult(1, message=f"cannot read email_body file {path}: {exc}")
+        is_html = path.suffix.lower() in (".html", ".htm")
+    params: dict[str, Any] = {}
+    if ctx.args.get("params"):
+        try:
+            decoded: Any = json.loads(ctx.args["params"])
+        except json.JSONDecodeError as exc:
+            return StepResult(1, message=f"params is not a JSON object: {exc.msg}")
+        if not isinstance(decoded, dict):
+            return StepResult(1, message="params must be a JSON object")
+        params = decoded
+    if params:
+        try:
+            body = Environment(autoescape=is_html, undefined=StrictUndefined).from_string(body).render(**params)
+        except TemplateError as exc:
+            return StepResult(1, message=f"email_body template error: {exc}")
+
+    config = ctx.services.config.email
+    msg = EmailMessage()
+    msg["Subject"] = subject_line
+    msg["From"] = sender(config)
+    msg["To"] = ", ".join(recipients)
+    if is_html:
+        msg.set_content("This message is in HTML.\n")
+        msg.add_alternative(body, subtype="html")
+    else:
+        msg.set_content(body or "\n")
+    try:
+        attachments = _list_arg(ctx.args.get("attachments", ""))
+    except (ValueError, json.JSONDecodeError):
+        return StepResult(1, message="attachments must be a JSON list or comma-separated paths")
+    for item in attachments:
+        path = Path(ctx.expand(item))
+        if path.is_dir():
+            return StepResult(1, message=f"attachment {path} is a directory, not a file")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            ctx.log.write(f"attachment {path} does not exist; sent without it", step=ctx.job_step, level="WARNING")
+            continue
+        except OSError as exc:
+            return StepResult(1, message=f"cannot read attachment {path}: {exc.strerror}")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        main_type, sub_type = kind.split("/", 1)
+        msg.add_attachment(data, maintype=main_type, subtype=sub_type, filename=path.name)
+    try:
+        answer = await send_now(config, msg)
+    except SendError as exc:
+        return StepResult(1, message=f"mail not sent: {exc}")
+    ctx.log.write(f"mail {subject_line!r} sent to {', '.join(recipients)}", step=ctx.job_step)
+    return StepResult(0, output=answer.strip())
+
+
 FUNCTIONS: dict[str, StepFunctionImpl] = {
     StepFunction.RUN_COMMAND.value: run_command,
     StepFunction.CALL_CREATE_EVENT.value: call_create_event,
+    StepFunction.SEND_EMAIL.value: send_email,
 }
 
 SHELL_FUNCTIONS = frozenset({StepFunction.RUN_COMMAND.value})

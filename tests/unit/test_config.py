@@ -132,6 +132,14 @@ FULL = """\
     success_list = a@x.com, b@y.org
     failure_list = ops@example.com
     logging_level = info
+    starttls = yes
+    use_tls = no
+    username = loadmgr
+    password = 
+    password_file = smtp_password
+    timeout = 5
+    send_attempts = 2
+    max_log_lines = 50
 
     [targets]
     warehouse = postgresql://etl:p%%40ss@dbhost:5432/warehouse
