@@ -411,6 +411,25 @@ def history(
     if as_json:
         output.print_json(result["runs"])
         return
+    if result["process_log"]:
+        output.print_table(
+            ["Process", "Batch", "Run id", "Strategy", "Window start", "Window end", "Status", "Rows", "Duration (s)"],
+            (
+                [
+                    p["process_name"],
+                    p["batch_nbr"],
+                    p["run_id"],
+                    p["load_strategy"],
+                    p["currency_start_dttm"],
+                    p["currency_end_dttm"],
+                    p["status"],
+                    p["row_count"],
+                    p["duration"],
+                ]
+                for p in result["process_log"]
+            ),
+            title=f"Process log of {job}",
+        )
     if not result["runs"]:
         output.info(f"job {job} has no finished runs")
     for run in result["runs"]:

@@ -122,6 +122,9 @@ class Daemon:
         recovery = asyncio.create_task(self._end_orphans(orphans), name="end orphaned steps")
 
         from loadmgrd import handlers  # noqa: F401 - registers the JSON-RPC methods
+        from loadmgrd.steps import _register_data_steps
+
+        _register_data_steps()
         from loadmgrd.engine import Engine
 
         self.engine = Engine(self)
@@ -244,6 +247,8 @@ class Daemon:
                 if getattr(getattr(new, section), key) != getattr(getattr(self.config, section), key):
                     log.warning("[%s] %s changes only take effect after a restart", section, key)
             self.config = new
+            if self.engine is not None:
+                self.engine.databases.dispose()  # new URLs take effect for the next query
             self.policy = AccessPolicy.for_this_process(new.daemon.admin_group)
             if self._server is not None:
                 self._server.policy = self.policy

@@ -32,6 +32,7 @@ from loadmgrd.runlog import RunLog, log_file_path
 from loadmgrd.runner import ActiveRun
 from loadmgrd.states import RunStatus
 from loadmgrd.stepranges import StepRange
+from loadmgrd.targets import Targets
 from loadmgrd.timefmt import now_ts, stamp, to_ts
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Engine:
         self._changed = asyncio.Event()
         self.recovery: asyncio.Task[None] | None = None  # ending the steps of a daemon that died
         self.notifier: Notifier | None = None
+        self.databases = Targets(lambda: self.config.targets)
 
     @property
     def repo(self) -> Repository:
@@ -439,6 +441,7 @@ class Engine:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        self.databases.dispose()
         # A step's command may be gone while children that ignore SIGTERM live on in its group:
         # the terminators send them SIGKILL when the grace period ends.
         terminators = [t for r in runs for t in r.terminators if not t.done()]

@@ -726,6 +726,88 @@ class Repository:
                 links = [f"{r[0]}.{r[1]}" for r in await cur.fetchall()]
         return {"process": process, "latest_log": latest, "linked_tables": links}
 
+    async def open_process_log(
+        self, process_key: int, batch_nbr: str, run_id: str, job_name: str, strategy: str, start: str, end: str
+    ) -> int:
+        async with self._tx() as conn:
+            cur = await conn.execute(
+                "INSERT INTO process_log (process_key, batch_nbr, run_id, job_name, load_strategy, "
+                "currency_start_dttm, currency_end_dttm, status, start_ts) VALUES (?, ?, ?, ?, ?, ?, ?, 'Running', ?)",
+                (process_key, batch_nbr, run_id, job_name, strategy, start, end, now_ts()),
+            )
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    async def close_process_log(self, process_log_key: int, **fields: Any) -> None:
+        allowed = {"status", "end_ts", "duration", "row_count", "currency_end_dttm"}
+        if set(fields) - allowed:
+            raise RepositoryError(f"not process log columns: {', '.join(sorted(set(fields) - allowed))}")
+        async with self._tx() as conn:
+            assignments = ", ".join(f"{k} = ?" for k in fields)
+            await conn.execute(
+                f"UPDATE process_log SET {assignments} WHERE process_log_key = ?", (*fields.values(), process_log_key)
+            )
+
+    async def last_complete_window_end(self, process_key: int) -> str | None:
+        row = await self._one(
+            "SELECT max(currency_end_dttm) AS end_dttm FROM process_log WHERE process_key = ? AND status = 'Complete'",
+            (process_key,),
+        )
+        return row["end_dttm"] if row else None
+
+    async def linked_currencies(self, process_key: int) -> list[Row]:
+        """Each linked table with its current currency (None when nothing is logged), first linked first."""
+        return await self._all(
+            "SELECT c.currency_key, c.table_schema, c.table_name, "
+            "(SELECT currency_dttm FROM data_currency_log g WHERE g.currency_key = c.currency_key "
+            " ORDER BY currency_log_key DESC LIMIT 1) AS currency_dttm, "
+            "(SELECT currency_date FROM data_currency_log g WHERE g.currency_key = c.currency_key "
+            " ORDER BY currency_log_key DESC LIMIT 1) AS currency_date "
+            "FROM process_currency_link l JOIN data_currency c USING (currency_key) "
+            "WHERE l.process_key = ? ORDER BY l.created_ts, c.currency_key",
+            (process_key,),
+        )
+
+    async def process_log_entries(self, job_name: str | None = None, limit: int = 50) -> list[Row]:
+        sql = (
+            "SELECT p.process_name, l.batch_nbr, l.run_id, l.job_name, l.load_strategy, l.currency_start_dttm, "
+            "l.currency_end_dttm, l.status, l.start_ts, l.end_ts, l.duration, l.row_count, l.process_log_key "
+            "FROM process_log l JOIN process p USING (process_key)"
+        )
+        params: list[Any] = []
+        if job_name is not None:
+            sql += " WHERE l.job_name = ?"
+            params.append(job_name)
+        sql += " ORDER BY l.process_log_key DESC LIMIT ?"
+        params.append(limit)
+        return await self._all(sql, params)
+
+    async def add_file_log(self, process_log_key: int, files: Sequence[Mapping[str, Any]]) -> None:
+        async with self._tx() as conn:
+            await conn.executemany(
+                "INSERT INTO file_log (process_log_key, file_name, record_count, file_size, file_type, file_date, "
+                "logged_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        process_log_key,
+                        f["file_name"],
+                        f["record_count"],
+                        f["file_size"],
+                        f.get("file_type"),
+                        f.get("file_date"),
+                        now_ts(),
+                    )
+                    for f in files
+                ],
+            )
+
+    async def file_log(self, process_log_key: int) -> list[Row]:
+        return await self._all(
+            "SELECT file_name, record_count, file_size, file_type, file_date, logged_ts FROM file_log "
+            "WHERE process_log_key = ? ORDER BY file_log_key",
+            (process_log_key,),
+        )
+
     # ------------------------------------------------------------------ data currency
 
     async def configure_currency(self, schema: str, table: str, settings: Mapping[str, Any]) -> str:
@@ -809,6 +891,30 @@ class Repository:
             "latest_log": latest,
             "linked_processes": linked,
         }
+
+    async def get_currency(self, schema: str, table: str) -> Row:
+        row = await self._one("SELECT * FROM data_currency WHERE table_schema = ? AND table_name = ?", (schema, table))
+        if row is None:
+            raise NotFound(f"no data currency configured for {schema}.{table}")
+        return row
+
+    async def log_currency(self, currency_key: int, dttm: str, day: str, run_id: str | None) -> bool:
+        """Add a currency log row if ``dttm`` differs from the latest one; True if added."""
+        async with self._tx() as conn:
+            async with conn.execute(
+                "SELECT currency_dttm FROM data_currency_log WHERE currency_key = ? "
+                "ORDER BY currency_log_key DESC LIMIT 1",
+                (currency_key,),
+            ) as cur:
+                latest = await cur.fetchone()
+            if latest is not None and latest[0] == dttm:
+                return False
+            await conn.execute(
+                "INSERT INTO data_currency_log (currency_key, currency_dttm, currency_date, run_id, logged_ts) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (currency_key, dttm, day, run_id, now_ts()),
+            )
+            return True
 
     # ------------------------------------------------------------------ links
 

@@ -250,6 +250,8 @@ class ActiveRun:
             self.log.flush()
             row.update(status=status.value, output=result.output)
             run_fields: dict[str, Any] = {"current_step": number}
+            if result.variables_changed:
+                run_fields["variables"] = run["variables"]
             if status is StepStatus.WARNING:
                 self.warnings_seen = True
             if status.is_complete:
@@ -282,7 +284,7 @@ class ActiveRun:
             self.engine.changed()
 
     async def _attempts(
-        self, row: Mapping[str, Any], run: Mapping[str, Any], attempts: list[dict[str, Any]]
+        self, row: Mapping[str, Any], run: dict[str, Any], attempts: list[dict[str, Any]]
     ) -> step_functions.StepResult:
         """Call the step function, with ``timeout`` per attempt and up to ``retries`` more attempts."""
         number = row["job_step"]
@@ -334,7 +336,7 @@ class ActiveRun:
             await asyncio.wait_for(self.control.wait(), seconds)
         return self.stop_requested
 
-    async def _call(self, row: Mapping[str, Any], run: Mapping[str, Any]) -> step_functions.StepResult:
+    async def _call(self, row: Mapping[str, Any], run: dict[str, Any]) -> step_functions.StepResult:
         name = row["job_step_function"]
         impl = step_functions.FUNCTIONS.get(name)
         if impl is None:
@@ -376,6 +378,7 @@ class ActiveRun:
             process_groups=self.process_groups,
             services=self.engine,
             on_spawn=lambda pid: self._spawned(row["job_step"], pid),
+            variables=run.setdefault("variables", {}),
         )
         result = await impl(context)
         for event_name in context.notes:

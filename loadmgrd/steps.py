@@ -32,6 +32,7 @@ class StepResult:
     output: str | None = None
     message: str | None = None
     forced_failure: bool = False  # fails the run whatever ignore_error says
+    variables_changed: bool = False  # the step set run variables (start_process, stop_process)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class StepContext:
     services: Any = None
     notes: list[str] = field(default_factory=list)
     on_spawn: Callable[[int], Awaitable[None]] | None = None
+    variables: dict[str, Any] = field(default_factory=dict)  # the run's variables (mutable)
 
     def expand(self, text: str) -> str:
         return expand_path(text, self.env)
@@ -286,6 +288,23 @@ FUNCTIONS: dict[str, StepFunctionImpl] = {
     StepFunction.CALL_CREATE_EVENT.value: call_create_event,
     StepFunction.SEND_EMAIL.value: send_email,
 }
+
+
+def _register_data_steps() -> None:
+    from loadmgrd import datasteps
+
+    FUNCTIONS.update(
+        {
+            StepFunction.START_PROCESS.value: datasteps.start_process,
+            StepFunction.STOP_PROCESS.value: datasteps.stop_process,
+            StepFunction.LOG_DATA_CURRENCY.value: datasteps.log_data_currency,
+            StepFunction.EXECUTE_SQL.value: datasteps.execute_sql,
+            StepFunction.FILE_RECORD_COUNT.value: datasteps.file_record_count,
+            StepFunction.CREATE_DONE_FILE.value: datasteps.create_done_file,
+            StepFunction.HDFS_FILE_STAGE.value: datasteps.hdfs_file_stage,
+        }
+    )
+
 
 SHELL_FUNCTIONS = frozenset({StepFunction.RUN_COMMAND.value})
 

@@ -146,7 +146,8 @@ async def history(ctx: Context, params: HistoryParams) -> dict[str, Any]:
     if current is not None and RunStatus(current["status"]).is_finished:
         runs.append({**current, "archived_ts": None})
     runs.extend(await ctx.repo.history(job["job_key"], params.limit - len(runs)) if params.limit > len(runs) else [])
-    return {"job": params.job, "runs": runs[: params.limit]}
+    process_log = await ctx.repo.process_log_entries(params.job, params.limit)
+    return {"job": params.job, "runs": runs[: params.limit], "process_log": process_log}
 
 
 class LogsParams(Params):
