@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loadmgrd import procgroup
+from loadmgrd.childproc import Child
 from loadmgrd.filewatch import touch_atomically
 from loadmgrd.states import EventAction, StepFunction
 
@@ -92,43 +93,28 @@ class _LineSplitter:
 async def run_command(ctx: StepContext) -> StepResult:
     """``command + " " + args`` with bash, in its own session and process group."""
     line = f"{ctx.command} {ctx.args_text}".strip() if ctx.args_text else ctx.command
-    proc = await asyncio.create_subprocess_exec(
-        "/bin/bash",
-        "-c",
-        line,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=ctx.env,
-        start_new_session=True,
-    )
-    ctx.process_groups.add(proc.pid)
-    if ctx.on_spawn is not None:
-        await asyncio.shield(ctx.on_spawn(proc.pid))
+    child = Child(["/bin/bash", "-c", line], ctx.env)
+    ctx.process_groups.add(child.pid)
     captured = bytearray()
     cut = False
+    splitters = {"INFO": _LineSplitter(), "STDERR": _LineSplitter()}
 
-    async def pump(stream: asyncio.StreamReader | None, is_stdout: bool) -> None:
+    def feed(level: str, chunk: bytes) -> None:
         nonlocal cut
-        if stream is None:
-            return
-        splitter = _LineSplitter()
-        level = "INFO" if is_stdout else "STDERR"
-        while chunk := await stream.read(READ_CHUNK):
-            if is_stdout and ctx.capture:
-                room = ctx.capture_limit - len(captured)
-                if room > 0:
-                    captured.extend(chunk[:room])
-                if len(chunk) > room:
-                    cut = True
-            for text in splitter.feed(chunk):
-                ctx.log.write(text, step=ctx.job_step, level=level)
-        for text in splitter.close():
+        if level == "INFO" and ctx.capture:
+            room = ctx.capture_limit - len(captured)
+            if room > 0:
+                captured.extend(chunk[:room])
+            if len(chunk) > room:
+                cut = True
+        for text in splitters[level].feed(chunk):
             ctx.log.write(text, step=ctx.job_step, level=level)
 
-    pumps = asyncio.gather(pump(proc.stdout, True), pump(proc.stderr, False))
+    pumps = asyncio.ensure_future(child.stream(lambda b: feed("INFO", b), lambda b: feed("STDERR", b)))
     try:
-        code = await proc.wait()
+        if ctx.on_spawn is not None:
+            await asyncio.shield(ctx.on_spawn(child.pid))
+        code = await child.wait()
         try:
             await asyncio.wait_for(asyncio.shield(pumps), DRAIN_TIMEOUT)
         except TimeoutError:
@@ -136,17 +122,23 @@ async def run_command(ctx: StepContext) -> StepResult:
             with contextlib.suppress(asyncio.CancelledError):
                 await pumps
             ctx.log.write(
-                f"the step's command exited but background processes (process group {proc.pid}) still hold "
+                f"the step's command exited but background processes (process group {child.pid}) still hold "
                 "its output; they keep running and their further output is not logged",
                 step=ctx.job_step,
                 level="WARNING",
             )
     except asyncio.CancelledError:
-        procgroup.signal_groups([proc.pid], signal.SIGKILL)
+        procgroup.signal_groups([child.pid], signal.SIGKILL)
         pumps.cancel()
+        with contextlib.suppress(Exception):
+            child.proc.wait(timeout=5)
         raise
     finally:
-        ctx.process_groups.discard(proc.pid)
+        ctx.process_groups.discard(child.pid)
+        child.close()
+    for level, splitter in splitters.items():
+        for text in splitter.close():
+            ctx.log.write(text, step=ctx.job_step, level=level)
     message = None
     if code < 0:
         message = f"killed by signal {signal.Signals(-code).name}"
