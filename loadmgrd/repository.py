@@ -79,11 +79,12 @@ class Repository:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RepositoryError(f"cannot create the directory for {path}: {exc.strerror}") from None
+        writer = await cls._connect(path, busy_timeout)
         try:
-            writer = await cls._connect(path, busy_timeout)
             reader = await cls._connect(path, busy_timeout)
-        except sqlite3.Error as exc:
-            raise RepositoryError(f"cannot open repository {path}: {exc}") from None
+        except BaseException:
+            await writer.close()
+            raise
         repo = cls(path, writer, reader)
         try:
             repo.applied_at_open = await repo.migrate()
@@ -94,20 +95,29 @@ class Repository:
         return repo
 
     async def _check_writable(self) -> None:
+        """A real (no-op) write: an empty transaction succeeds even on a read-only file."""
         try:
-            async with self._tx():
-                pass
+            async with self._tx() as conn:
+                await conn.execute("UPDATE repository_info SET schema_version = schema_version WHERE id = 1")
         except sqlite3.Error as exc:
             raise RepositoryError(f"repository {self.path} cannot be written: {exc}") from None
 
     @staticmethod
     async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(str(path), timeout=busy_timeout, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
+        """One connection with the pragmas; closed again (its thread ended) if they fail."""
+        try:
+            conn = await aiosqlite.connect(str(path), timeout=busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RepositoryError(f"cannot open repository {path}: {exc}") from None
+        try:
+            conn.row_factory = sqlite3.Row
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise RepositoryError(f"cannot open repository {path}: {exc}") from None
         return conn
 
     async def close(self) -> None:
