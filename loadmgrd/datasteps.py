@@ -125,7 +125,7 @@ async def start_process(ctx: StepContext) -> StepResult:
     )
     batch = f"{process['process_key']}{stamp(now.astimezone())}"
     start, end = format_moment(window.start), format_moment(window.end)
-    log_key = await engine.repo.open_process_log(
+    log_key, batch = await engine.repo.open_process_log(
         process["process_key"], batch, ctx.run_id, ctx.job, strategy.lower(), start, end
     )
     ctx.variables["currency_start_dttm"] = start

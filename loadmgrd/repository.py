@@ -738,15 +738,26 @@ class Repository:
 
     async def open_process_log(
         self, process_key: int, batch_nbr: str, run_id: str, job_name: str, strategy: str, start: str, end: str
-    ) -> int:
+    ) -> tuple[int, str]:
+        """A new Running entry; returns its key and batch number (made unique per process)."""
         async with self._tx() as conn:
+            async with conn.execute(
+                "SELECT batch_nbr FROM process_log WHERE process_key = ? AND (batch_nbr = ? OR batch_nbr GLOB ?)",
+                (process_key, batch_nbr, f"{batch_nbr}_*"),
+            ) as cur:
+                taken = {r[0] for r in await cur.fetchall()}
+            if batch_nbr in taken:  # a second batch of the process in the same second
+                n = 2
+                while f"{batch_nbr}_{n}" in taken:
+                    n += 1
+                batch_nbr = f"{batch_nbr}_{n}"
             cur = await conn.execute(
                 "INSERT INTO process_log (process_key, batch_nbr, run_id, job_name, load_strategy, "
                 "currency_start_dttm, currency_end_dttm, status, start_ts) VALUES (?, ?, ?, ?, ?, ?, ?, 'Running', ?)",
                 (process_key, batch_nbr, run_id, job_name, strategy, start, end, now_ts()),
             )
             assert cur.lastrowid is not None
-            return int(cur.lastrowid)
+            return int(cur.lastrowid), batch_nbr
 
     async def close_process_log(self, process_log_key: int, **fields: Any) -> None:
         allowed = {"status", "end_ts", "duration", "row_count", "currency_end_dttm"}

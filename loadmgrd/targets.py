@@ -3,13 +3,14 @@
 SQLAlchemy's engines are synchronous; every query runs through ``asyncio.to_thread`` so a
 slow database never blocks the event loop. Engines are created on first use and disposed when
 the configuration changes (SIGHUP) or the daemon stops. Any dialect SQLAlchemy supports works
-once its driver is installed (``pip install psycopg2-binary`` for PostgreSQL, ``pymysql`` for
+once its driver is installed (``pip install "psycopg[binary]"`` for PostgreSQL, ``pymysql`` for
 MySQL, ``oracledb`` for Oracle, …).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from loadmgrd.config import TargetsConfig
+
+
+_DOLLAR = re.compile(r"\$[A-Za-z_]*\$")
 
 
 class TargetError(LoadmgrError):
@@ -57,6 +61,8 @@ class Targets:
                 engine = create_engine(url, pool_pre_ping=True)
             except Exception as exc:  # a missing driver, a malformed URL
                 raise TargetError(f"target {name!r}: {type(exc).__name__}: {exc}") from None
+            if engine.dialect.name == "sqlite":
+                _transactional_sqlite(engine)
             self._engines[name] = (url, engine)
             return engine
 
@@ -103,8 +109,22 @@ class Targets:
             self._engines.clear()
 
 
+def _transactional_sqlite(engine: Engine) -> None:
+    """Python's sqlite3 commits DDL at once and begins transactions late; SQLAlchemy's documented
+    recipe hands transaction control back to SQLAlchemy, so a script is all or nothing."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
 def split_statements(script: str) -> list[str]:
-    """Split SQL on ``;`` outside quotes, identifiers and comments."""
+    """Split SQL on ``;`` outside quotes, identifiers, comments and PostgreSQL ``$tag$`` bodies."""
     statements: list[str] = []
     buf: list[str] = []
     i, n = 0, len(script)
@@ -122,6 +142,12 @@ def split_statements(script: str) -> list[str]:
         elif ch in ("'", '"', "`"):
             quote = ch
             buf.append(ch)
+        elif ch == "$" and (tag := _DOLLAR.match(script, i)):
+            end = script.find(tag.group(0), tag.end())
+            stop = n if end < 0 else end + len(tag.group(0))
+            buf.append(script[i:stop])
+            i = stop
+            continue
         elif ch == "-" and script.startswith("--", i):
             end = script.find("\n", i)
             i = n if end < 0 else end

@@ -135,7 +135,7 @@ FULL = """\
     starttls = yes
     use_tls = no
     username = loadmgr
-    password = 
+    password =
     password_file = smtp_password
     timeout = 5
     send_attempts = 2
@@ -194,7 +194,7 @@ def test_full_file_names_every_key_of_the_model() -> None:
             assert "\ndefault_target = " in text
             continue
         for key in model.model_fields:
-            assert f"\n{key} = " in text, f"{section}.{key} missing from FULL"
+            assert f"\n{key} =" in text, f"{section}.{key} missing from FULL"
     assert set(Config.model_fields) == {*config_module._SECTIONS, "source"}
 
 
