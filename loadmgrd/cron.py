@@ -7,7 +7,9 @@ the fields local to it, daylight-saving changes included; the default is the hos
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+import os
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
@@ -15,10 +17,30 @@ from croniter import CroniterError, croniter
 from loadmgrd.errors import InvalidInput
 
 
-def zone(name: str | None) -> tzinfo | None:
+def local_zone() -> tzinfo:
+    """The host's timezone with its daylight-saving rules ($TZ, else /etc/localtime, else UTC)."""
+    return _local_zone(os.environ.get("TZ", ""))
+
+
+@lru_cache(maxsize=4)
+def _local_zone(tz_variable: str) -> tzinfo:
+    name = tz_variable.lstrip(":")
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ValueError):
+        return UTC
+
+
+def zone(name: str | None) -> tzinfo:
     """The timezone named (None = the host's local time)."""
     if not name:
-        return None
+        return local_zone()
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -42,14 +64,27 @@ def validate(expression: str) -> str:
 
 
 def next_fire(expression: str, timezone: str | None, after: datetime) -> datetime:
-    """The first fire time strictly after ``after`` (an aware datetime); returned aware, in UTC."""
+    """The first fire time strictly after ``after`` (an aware datetime), in UTC.
+
+    Fields are wall-clock times in the zone. When clocks go back, a wall-clock time that
+    repeats fires once (at its first occurrence); when they go forward, a time that does not
+    exist fires at the first time after it.
+    """
     tz = zone(timezone)
-    local = after.astimezone(tz) if tz is not None else after.astimezone()
-    it = croniter(expression, local, second_at_beginning=len(expression.split()) == 6)
+    local = after.astimezone(tz)
+    fields = expression.split()
+    hour_field = fields[2] if len(fields) == 6 else fields[1]
+    fixed_hours = "*" not in hour_field  # vixie cron: fixed times do not rerun when clocks go back
+    it = croniter(expression, local, second_at_beginning=len(fields) == 6)
     fire: datetime = it.get_next(datetime)
-    if fire.tzinfo is None:
-        fire = fire.replace(tzinfo=local.tzinfo)
-    return fire.astimezone(after.tzinfo)
+    for _ in range(8):
+        if fire.tzinfo is None:
+            fire = fire.replace(tzinfo=tz)
+        repeated = fire.astimezone(tz).replace(tzinfo=None) == local.replace(tzinfo=None)
+        if not (fixed_hours and repeated):
+            break
+        fire = it.get_next(datetime)
+    return fire.astimezone(UTC)
 
 
 def catch_up(expression: str, timezone: str | None, last_fire: datetime, now: datetime) -> bool:

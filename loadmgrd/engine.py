@@ -31,6 +31,7 @@ from loadmgrd.repository import NewRun, NewStep, Row
 from loadmgrd.runlog import RunLog, log_file_path
 from loadmgrd.runner import ActiveRun
 from loadmgrd.states import RunStatus
+from loadmgrd.stepargs import CONTROL_ARGS, step_control
 from loadmgrd.stepranges import StepRange
 from loadmgrd.targets import Targets
 from loadmgrd.timefmt import now_ts, stamp, to_ts
@@ -177,6 +178,8 @@ class Engine:
             raise MaintenanceMode(
                 "maintenance mode is on: no run may start (turn it off with: loadmgrctl repo maintenance --off)"
             )
+        control_args = {k: v for k, v in options.temp_args.items() if k in CONTROL_ARGS}
+        step_control(control_args)  # a bad --tempargs timeout:/retries: is refused before anything starts
         jobs, is_group = await self.targets(name)
         if is_group and options.one_off_steps is not None:
             raise InvalidInput("-j/--job-file runs one job; NAME is a job group")

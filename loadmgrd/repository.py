@@ -987,15 +987,15 @@ class Repository:
             else:
                 cur = await conn.execute("DELETE FROM schedule WHERE target_name = ? AND cron = ?", (target, cron))
             if cur.rowcount == 0:
-                what = f"the schedule {cron!r}" if cron else "a schedule"
-                raise NotFound(f"{target!r} has no {what}")
+                what = f"the schedule {cron!r}" if cron else "any schedule"
+                raise NotFound(f"{target!r} does not have {what}")
             return int(cur.rowcount)
 
     async def set_schedules_enabled(self, target: str, enabled: bool) -> int:
         async with self._tx() as conn:
             cur = await conn.execute("UPDATE schedule SET enabled = ? WHERE target_name = ?", (int(enabled), target))
             if cur.rowcount == 0:
-                raise NotFound(f"{target!r} has no schedule")
+                raise NotFound(f"{target!r} does not have any schedule")
             return int(cur.rowcount)
 
     async def list_schedules(self) -> list[Row]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from loadmgrd import procgroup
 from loadmgrd import steps as step_functions
+from loadmgrd.errors import LoadmgrError
 from loadmgrd.jobfile import StepDef, prerequisites
 from loadmgrd.notifier import read_log
 from loadmgrd.runlog import RunLog
@@ -98,6 +99,7 @@ class ActiveRun:
             "job": self.job_name,
             "run_id": self.run_id,
             "status": self.status.value,
+            "reason": self.reason if self.status.is_finished else None,
             "queued": self.queued,
             "running_steps": sorted(self.live),
             "steps_done": self.done_steps,
@@ -234,7 +236,13 @@ class ActiveRun:
                 status = StepStatus.SKIPPED
             else:
                 self.log.write(f"step {number} started: {description}", step=number)
-                result = await self._attempts(row, run, attempts)
+                try:
+                    result = await self._attempts(row, run, attempts)
+                except LoadmgrError as exc:
+                    result = step_functions.StepResult(1, message=exc.message)
+                except Exception as exc:  # a bug must fail this step, not strand the run
+                    log.exception("step %s of run %s failed inside loadmgrd", number, self.run_id)
+                    result = step_functions.StepResult(1, message=f"internal error: {type(exc).__name__}: {exc}")
                 if result.exit_code == 0:
                     status = StepStatus.SUCCESS
                 elif row["job_step_ignore_error"] and not result.forced_failure:
@@ -445,14 +453,15 @@ class ActiveRun:
             await self._close(RunStatus.COMPLETED)
 
     async def _close(self, status: RunStatus) -> None:
-        """Record the run's end state (survives cancellation: called under shield)."""
-        self.status = status
+        """Record the run's end state (survives cancellation: called under shield). The live
+        status changes only once the repository has it, so no reader sees an end half-written."""
         ended = status is not RunStatus.PAUSED
         fields: dict[str, Any] = {"status": status.value, "status_reason": self.reason}
         if ended:
             fields["end_ts"] = now_ts()
             fields["duration"] = round(time.monotonic() - self.started_monotonic, 6)
         await self.engine.repo.update_run(self.run_key, **fields)
+        self.status = status
         line = f"run {self.run_id} {status.value.lower()}"
         if self.reason and status is not RunStatus.COMPLETED:
             line += f": {self.reason}"

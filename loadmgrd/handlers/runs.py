@@ -114,7 +114,9 @@ async def status(ctx: Context, params: JobParams) -> dict[str, Any]:
     if run is None:
         return {"job": params.job, "job_group": job["job_group"], "status": RunStatus.NOT_RUNNING.value, "run": None}
     active = _engine(ctx).active(job["job_key"])
-    if active is not None and active.run_key == run["run_key"]:
+    if active is not None and active.run_key == run["run_key"] and not active.status.is_active:
+        run = await ctx.repo.run_detail(job["job_key"]) or run  # it ended while we read: read its end
+    if active is not None and active.run_key == run["run_key"] and RunStatus(run["status"]).is_active:
         run["status"] = active.status.value
         now = time.monotonic()
         for step in run["steps"]:
