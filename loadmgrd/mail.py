@@ -35,7 +35,7 @@ _ADDRESS = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
 
 
 def valid_address(address: str) -> bool:
-    return bool(_ADDRESS.match(address))
+    return bool(_ADDRESS.fullmatch(address))
 
 
 def subject(status: str, name: str) -> str:
