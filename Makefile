@@ -25,7 +25,7 @@ run: install
 	$(BIN)/loadmgrd
 
 lint: install-test
-	$(BIN)/ruff check loadmgrd loadmgrctl tests
+	$(BIN)/ruff check loadmgrd loadmgrctl tests bench
 
 typecheck: install-test
 	$(BIN)/mypy
@@ -37,6 +37,11 @@ pytest: install-test
 
 ## Lint, type-check and run the whole test suite.
 test: lint typecheck pytest
+
+## Run every benchmark (a table, and JSON in bench/results/); supervisor is the P2 baseline.
+bench: install
+	$(BIN)/pip install -q supervisor
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

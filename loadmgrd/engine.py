@@ -199,6 +199,9 @@ class Engine:
         job_key, job_name = job["job_key"], job["job_name"]
         if self.recovery is not None and not self.recovery.done():
             await asyncio.shield(self.recovery)  # no step may run while its crashed twin still does
+        active = self.runs.get(job_key)
+        if active is not None and not active.status.is_active and active.task is not None:
+            await asyncio.shield(active.task)  # it has just ended and is finishing its bookkeeping
         if job_key in self.runs:
             raise AlreadyRunning(f"job {job_name!r} is already running ({self.runs[job_key].status.value})")
         current = await self.repo.run_detail(job_key)

@@ -388,9 +388,10 @@ class Repository:
             return rows, orphans
 
     async def step_started(self, run_key: int, job_step: int, start_ts: str, pgid: int, pgid_started: str) -> None:
-        """Record a step's process group the moment it exists (for recovery after a crash)."""
-        async with self._tx() as conn:
-            await conn.execute(
+        """Record a step's process group the moment it exists (for recovery after a crash).
+        One statement in autocommit mode: atomic by itself, one trip to the database thread."""
+        async with self._write_lock:
+            await self._writer.execute(
                 "UPDATE job_run_step SET status = 'Running', start_ts = ?, pgid = ?, pgid_started = ? "
                 "WHERE run_key = ? AND job_step = ?",
                 (start_ts, pgid, pgid_started, run_key, job_step),

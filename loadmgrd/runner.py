@@ -462,6 +462,7 @@ class ActiveRun:
             fields["duration"] = round(time.monotonic() - self.started_monotonic, 6)
         await self.engine.repo.update_run(self.run_key, **fields)
         self.status = status
+        self.engine.forget(self)  # from now on the job may start again
         line = f"run {self.run_id} {status.value.lower()}"
         if self.reason and status is not RunStatus.COMPLETED:
             line += f": {self.reason}"

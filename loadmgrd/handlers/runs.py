@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from loadmgrd.stepargs import parse_tempargs
 from loadmgrd.stepranges import parse_range
 
 MAX_WAIT = 30.0
+WATCH_COALESCE = 0.05
 MAX_LOG_CHUNK = 1024 * 1024
 
 
@@ -207,5 +209,9 @@ async def watch(ctx: Context, params: WatchParams) -> dict[str, Any]:
     engine = _engine(ctx)
     version = engine.version
     if params.since == version and params.wait > 0:
-        version = await engine.wait_changed(params.since, params.wait)
+        await engine.wait_changed(params.since, params.wait)
+        # Coalesce bursts (a run of short steps changes many times a second): watchers get at
+        # most WATCH_COALESCE answers a second instead of loading the daemon per change.
+        await asyncio.sleep(WATCH_COALESCE)
+        version = engine.version
     return {"version": version, "runs": await engine.status_rows(params.names), "pid": os.getpid()}
