@@ -502,17 +502,25 @@ class Repository:
             )
 
     async def finish_step(self, run_key: int, job_step: int, step: Mapping[str, Any], run: Mapping[str, Any]) -> None:
-        """A step's outcome and the run's progress, committed together: the durability point."""
+        """A step's outcome and the run's progress, committed together: the durability point.
+
+        The step row's UPDATE moves the run's current/last completed step through a trigger
+        (migration 0003), so the usual case is one atomic statement; other run fields (variables
+        set by start_process) join it in one transaction."""
         unknown = set(step) - _STEP_MUTABLE
         if unknown:
             raise RepositoryError(f"not run step columns: {', '.join(sorted(unknown))}")
+        assignments = ", ".join(f"{k} = ?" for k in step)
+        sql = f"UPDATE job_run_step SET {assignments} WHERE run_key = ? AND job_step = ?"
+        values = (*(_json_value(v) for v in step.values()), run_key, job_step)
+        extra = {k: v for k, v in run.items() if k not in ("current_step", "last_completed_step")}
+        if not extra:
+            async with self._write_lock:
+                await self._writer.execute(sql, values)
+            return
         async with self._tx() as conn:
-            assignments = ", ".join(f"{k} = ?" for k in step)
-            await conn.execute(
-                f"UPDATE job_run_step SET {assignments} WHERE run_key = ? AND job_step = ?",
-                (*(_json_value(v) for v in step.values()), run_key, job_step),
-            )
-            await self._update_run(conn, run_key, run)
+            await conn.execute(sql, values)
+            await self._update_run(conn, run_key, extra)
 
     async def set_event_status(self, run_key: int, event_name: str, status: str) -> None:
         async with self._tx() as conn:

@@ -210,8 +210,10 @@ async def watch(ctx: Context, params: WatchParams) -> dict[str, Any]:
     version = engine.version
     if params.since == version and params.wait > 0:
         await engine.wait_changed(params.since, params.wait)
-        # Coalesce bursts (a run of short steps changes many times a second): watchers get at
-        # most WATCH_COALESCE answers a second instead of loading the daemon per change.
-        await asyncio.sleep(WATCH_COALESCE)
+        rows = await engine.status_rows(params.names)
+        if all(RunStatus(r["status"]).is_active for r in rows):
+            # Coalesce bursts (a run of short steps changes many times a second): progress goes
+            # out at most 1/WATCH_COALESCE times a second; an ending is answered at once.
+            await asyncio.sleep(WATCH_COALESCE)
         version = engine.version
     return {"version": version, "runs": await engine.status_rows(params.names), "pid": os.getpid()}
