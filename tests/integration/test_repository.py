@@ -134,3 +134,32 @@ async def test_crash_recovery_marks_active_runs_failed(repo: Repository) -> None
     assert run is not None and (run["status"], run["status_reason"]) == ("Failed", "daemon died")
     assert orphans == []
     assert await repo.fail_abandoned_runs("again") == ([], [])
+
+
+async def test_step_completion_moves_run_progress_in_the_same_statement(repo: Repository) -> None:
+    from loadmgrd.repository import NewRun, NewStep
+
+    steps = [StepDef(n, "run_command", "true") for n in (10, 20, 30)]
+    await repo.import_job("j", None, "j.csv", steps, force=False)
+    key = (await repo.get_job("j"))["job_key"]
+    run_key = await repo.create_run(
+        NewRun(
+            job_key=key,
+            run_id="r1",
+            status="Running",
+            start_ts="t",
+            log_file="l",
+            steps=[NewStep(s) for s in steps],
+            events=[],
+        )
+    )
+    outcome = {"status": "Success", "end_ts": "t", "duration": 0.1, "exit_code": 0, "attempts": 1}
+    await repo.finish_step(run_key, 20, outcome, {"current_step": 20, "last_completed_step": 20})
+    await repo.finish_step(run_key, 10, outcome, {"current_step": 10, "last_completed_step": 20})
+    run = await repo.run_by_key(run_key)
+    assert run is not None and (run["current_step"], run["last_completed_step"]) == (10, 20)
+    failed = {**outcome, "status": "Failure", "exit_code": 1}
+    await repo.finish_step(run_key, 30, failed, {"current_step": 30})
+    run = await repo.run_by_key(run_key)
+    assert run is not None and (run["current_step"], run["last_completed_step"]) == (30, 20)
+    assert [s["status"] for s in run["steps"]] == ["Success", "Success", "Failure"]
