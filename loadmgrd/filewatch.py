@@ -2,8 +2,9 @@
 
 A file counts as arrived when it was closed after writing (``IN_CLOSE_WRITE``) or moved into
 place (``IN_MOVED_TO``) while we watched, or — for a file already there, or where the kernel
-gives no notification (NFS, a directory that does not exist yet, a hard link) — when its size
-and mtime are unchanged across two checks and no process holds it open for writing. The
+gives no notification (NFS, a directory that does not exist yet, a hard link) — when no
+process holds it open for writing and its size and mtime hold still across two checks (50 ms
+apart, or ``wait_sleep_time`` apart while some process has it open for writing). The
 waiter then claims the file by renaming it away, so two runs waiting on the same file cannot
 both take it.
 """
@@ -30,6 +31,7 @@ IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
 _MASK = IN_CLOSE_WRITE | IN_MOVED_TO
+SETTLE = 0.05  # seconds an unwatched arrival must hold still when nobody has it open for writing
 
 
 class _Inotify:
@@ -125,9 +127,11 @@ class FileWatcher:
             try:
                 snapshot = _stat(path)
                 if snapshot is not None:
-                    # Present without a close/move seen: complete when one arrives, or when it
-                    # holds still and no process has it open for writing.
-                    if await _first(future, poll_interval):
+                    # Present without a close/move seen (it may have arrived just before we
+                    # watched): complete when one arrives, or when no process has it open for
+                    # writing and it holds still for a moment (longer while a writer has it).
+                    settle = poll_interval if open_for_writing(path) else min(poll_interval, SETTLE)
+                    if await _first(future, settle):
                         return
                     if _stat(path) == snapshot and not open_for_writing(path):
                         return

@@ -161,38 +161,64 @@ class ActiveRun:
                     )
 
     async def _wait_events(self, run: Mapping[str, Any]) -> bool:
-        """Wait for every pending wait event; False if the run must end (timeout, stop, pause)."""
+        """Wait for every pending wait event; False if the run must end (timeout, stop, pause).
+
+        All the files are watched before the run says ``Waiting``, so a file created the moment
+        someone sees that status is noticed through inotify, not by a later poll."""
         waits = [e for e in run["events"] if e["action_type"] == EventAction.WAIT and e["status"] == "Pending"]
         if not waits:
             return True
-        await self._set_status(RunStatus.WAITING)
         config = self.engine.config.events
         env = self._environment(None, run)
+        claims: dict[asyncio.Future[None], tuple[dict[str, Any], Path]] = {}
         for event in waits:
             path = Path(expand_path(event["event_item"], env))
             self.log.write(f"waiting for event {event['event_name']}: {path}")
             claim = asyncio.ensure_future(
                 self.engine.watcher.claim(path, config.wait_sleep_time, f"{self.run_id}-{event['event_name']}")
             )
-            control = asyncio.ensure_future(self.control.wait())
-            timeout = config.wait_timeout or None
-            done, _ = await asyncio.wait({claim, control}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            claims[claim] = (event, path)
+        await asyncio.sleep(0)  # each claim registers its watch on its first step
+        await self._set_status(RunStatus.WAITING)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.wait_timeout if config.wait_timeout else None
+        control: asyncio.Future[Any] = asyncio.ensure_future(self.control.wait())
+        pending: set[asyncio.Future[Any]] = set(claims)
+        try:
+            while pending:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    pending | {control}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if control in done:
+                    break
+                for task in done:
+                    pending.discard(task)
+                    event, path = claims[task]
+                    task.result()
+                    event["status"] = "Found"
+                    await self.engine.repo.set_event_status(self.run_key, event["event_name"], "Found")
+                    self.log.write(f"event {event['event_name']} arrived: {path} (consumed)")
+        finally:
             control.cancel()
-            if claim not in done:
-                claim.cancel()
+            for task in pending:
+                task.cancel()
+            for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await claim
-                if not done:
-                    self.reason = f"wait event {event['event_name']} ({path}) timed out after {config.wait_timeout:g} s"
-                    self.log.write(self.reason, level="ERROR")
-                    await self.engine.repo.set_event_status(self.run_key, event["event_name"], "Timed Out")
-                    self.failed = True
-                return False
-            claim.result()
-            event["status"] = "Found"
-            await self.engine.repo.set_event_status(self.run_key, event["event_name"], "Found")
-            self.log.write(f"event {event['event_name']} arrived: {path} (consumed)")
-        return True
+                    await task
+        if not pending:
+            return True
+        if not self.control.is_set():
+            missing = [claims[t] for t in claims if t in pending]
+            names = ", ".join(f"{event['event_name']} ({path})" for event, path in missing)
+            self.reason = f"wait event {names} timed out after {config.wait_timeout:g} s"
+            self.log.write(self.reason, level="ERROR")
+            for event, _path in missing:
+                await self.engine.repo.set_event_status(self.run_key, event["event_name"], "Timed Out")
+            self.failed = True
+        return False
 
     async def _run_steps(self, run: dict[str, Any]) -> None:
         rows = {s["job_step"]: s for s in run["steps"]}
