@@ -1087,9 +1087,39 @@ def _expand_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _lean_app(argv: list[str]) -> typer.Typer:
+    """Only the command at hand: typer builds every registered command before parsing, which
+    for the whole tree costs more than the request itself. Help and errors use the full tree."""
+    first = None
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("--socket", "--config"):
+            skip = True
+        elif not token.startswith("-"):
+            first = token
+            break
+    groups = [g for g in app.registered_groups if g.name == first]
+    commands = [c for c in app.registered_commands if c.callback is not None and first in (c.name, c.callback.__name__)]
+    if not groups and not commands:
+        return app
+    lean = typer.Typer(
+        name=app.info.name,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    lean.registered_callback = app.registered_callback
+    lean.registered_groups = groups
+    lean.registered_commands = commands
+    return lean
+
+
 def main() -> int:
     try:
-        app(args=_expand_argv(sys.argv[1:]), prog_name="loadmgrctl")
+        argv = _expand_argv(sys.argv[1:])
+        _lean_app(argv)(args=argv, prog_name="loadmgrctl")
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     return 0

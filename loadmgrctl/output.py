@@ -1,4 +1,5 @@
-"""Printing results: JSON for machines, rich tables for people (rich is imported only here)."""
+"""Printing results: JSON for machines; for people, rich tables on a terminal and plain aligned
+columns when the output goes to a pipe or a file (rich is imported only for a terminal)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,20 @@ def local_time(ts: str | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _plain_table(columns: Sequence[str], rows: list[list[str]], title: str | None) -> None:
+    """Aligned columns without rich (output to a pipe or file: cheaper, and easy to grep)."""
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = [title] if title else []
+    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+    """A table: drawn with rich on a terminal, plain aligned columns otherwise."""
+    if not sys.stdout.isatty():
+        _plain_table(columns, [[_cell(v).replace("\n", " ") for v in row] for row in rows], title)
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -50,6 +64,12 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
 
 
 def print_fields(fields: Mapping[str, Any], title: str | None = None) -> None:
+    if not sys.stdout.isatty():
+        width = max((len(k) for k in fields), default=0)
+        lines = [title] if title else []
+        lines.extend(f"{k.ljust(width)}  {_cell(v)}".rstrip() for k, v in fields.items())
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
     from rich.console import Console
     from rich.table import Table
 
