@@ -200,7 +200,7 @@ class Daemon:
     async def _end_orphans(self, orphans: list[dict[str, Any]]) -> None:
         """Steps of a daemon that died may still run: end their process groups before anything
         can resume them, so no step runs twice at once."""
-        groups = [o["pgid"] for o in orphans if o["pgid"] and procgroup.is_same_group(o["pgid"], o["pgid_started"])]
+        groups = [o["pgid"] for o in orphans if o["pgid"] and procgroup.is_same_group(o["pgid"], o["run_id"])]
         for pgid in groups:
             log.warning("ending process group %d left running by a step of the previous loadmgrd", pgid)
         try:

@@ -12,16 +12,6 @@ from collections.abc import Iterable
 POLL = 0.05
 
 
-def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[19] if len(fields) > 19 else None
-
-
 def members(pgid: int) -> list[int]:
     """Live (not zombie) processes of the group, from /proc."""
     found = []
@@ -49,13 +39,18 @@ def alive(pgid: int) -> bool:
     return bool(members(pgid)) if os.path.isdir("/proc/self") else True
 
 
-def is_same_group(pgid: int, leader_started: str | None) -> bool:
-    """Is ``pgid`` still the group a step started? While any member lives, the number cannot be
-    reused; if its leader lives, its start time must match the one recorded."""
-    if not alive(pgid):
-        return False
-    current = start_time(pgid)
-    return current is None or leader_started is None or current == leader_started
+def is_same_group(pgid: int, run_id: str) -> bool:
+    """Is ``pgid`` still a group a step of run ``run_id`` started? Step processes carry
+    ``LOADMGR_RUN_ID`` in their environment; a reused number would not."""
+    marker = f"LOADMGR_RUN_ID={run_id}".encode()
+    for pid in members(pgid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if marker in environ.read().split(b"\0"):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def signal_groups(groups: Iterable[int], sig: int) -> None:

@@ -369,7 +369,7 @@ class Repository:
             ) as cur:
                 rows = [dict(r) for r in await cur.fetchall()]
             async with conn.execute(
-                "SELECT s.run_key, s.job_step, s.pgid, s.pgid_started FROM job_run_step s "
+                "SELECT s.run_key, r.run_id, s.job_step, s.pgid FROM job_run_step s "
                 f"JOIN job_run r USING (run_key) WHERE s.status = 'Running' AND r.status IN ({marks})",
                 statuses,
             ) as cur:
@@ -387,14 +387,13 @@ class Repository:
                 )
             return rows, orphans
 
-    async def step_started(self, run_key: int, job_step: int, start_ts: str, pgid: int, pgid_started: str) -> None:
+    async def step_started(self, run_key: int, job_step: int, start_ts: str, pgid: int) -> None:
         """Record a step's process group the moment it exists (for recovery after a crash).
         One statement in autocommit mode: atomic by itself, one trip to the database thread."""
         async with self._write_lock:
             await self._writer.execute(
-                "UPDATE job_run_step SET status = 'Running', start_ts = ?, pgid = ?, pgid_started = ? "
-                "WHERE run_key = ? AND job_step = ?",
-                (start_ts, pgid, pgid_started, run_key, job_step),
+                "UPDATE job_run_step SET status = 'Running', start_ts = ?, pgid = ? WHERE run_key = ? AND job_step = ?",
+                (start_ts, pgid, run_key, job_step),
             )
 
     # ------------------------------------------------------------------ runs

@@ -221,30 +221,40 @@ class ActiveRun:
         return False
 
     async def _run_steps(self, run: dict[str, Any]) -> None:
+        """Start each step once its prerequisites are complete; steps ready together run together."""
         rows = {s["job_step"]: s for s in run["steps"]}
-        defs = [StepDef.from_mapping(s) for s in run["steps"]]
-        needs = prerequisites(defs)
+        needs = prerequisites([StepDef.from_mapping(s) for s in run["steps"]])
         done = {n for n, s in rows.items() if StepStatus(s["status"]).is_complete}
-        pending = sorted(n for n, s in rows.items() if not StepStatus(s["status"]).is_complete)
+        pending = {n for n in rows if n not in done}
+        # what each pending step still waits for (prerequisites outside the run count as done)
+        waiting = {n: {p for p in needs[n] if p in rows and p not in done} for n in pending}
+        dependents: dict[int, list[int]] = {}
+        for n, prereqs in waiting.items():
+            for p in prereqs:
+                dependents.setdefault(p, []).append(n)
+        ready = sorted(n for n in pending if not waiting[n])
         running: dict[asyncio.Task[bool], int] = {}
         self.failed = False
         while True:
             if not (self.failed or self.stop_requested or self.pause_requested):
-                for number in list(pending):
-                    if all(p in done or p not in rows for p in needs[number]):
-                        pending.remove(number)
-                        task = asyncio.ensure_future(self._run_step(rows[number], run))
-                        running[task] = number
+                for number in ready:
+                    pending.discard(number)
+                    running[asyncio.ensure_future(self._run_step(rows[number], run))] = number
+                ready = []
             if not running:
                 break
             finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
                 number = running.pop(task)
-                if task.result():
-                    done.add(number)
-                else:
+                if not task.result():
                     self.failed = True
-        run["pending"] = pending
+                    continue
+                for dependent in dependents.get(number, ()):
+                    waiting[dependent].discard(number)
+                    if not waiting[dependent]:
+                        ready.append(dependent)
+            ready.sort()
+        run["pending"] = sorted(pending)
 
     async def _run_step(self, row: dict[str, Any], run: dict[str, Any]) -> bool:
         """Run one step (with its retries) and commit its outcome; True if the run may go on."""
@@ -422,7 +432,7 @@ class ActiveRun:
     async def _spawned(self, job_step: int, pid: int) -> None:
         live = self.live.get(job_step)
         start_ts = live.start_ts if live else now_ts()
-        await self.engine.repo.step_started(self.run_key, job_step, start_ts, pid, procgroup.start_time(pid) or "")
+        await self.engine.repo.step_started(self.run_key, job_step, start_ts, pid)
 
     async def _variables(self, row: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, str]:
         values: dict[str, str] = {"job_log_file": str(self.log.path)}
