@@ -681,27 +681,6 @@ class RowCountType(StrEnum):
     temp_table = "Temp Table"
 
 
-def _process_settings(
-    process_type: ProcessType | None,
-    subject_area: str | None,
-    row_count_type: RowCountType | None,
-    row_count_property: str | None,
-    currency_date_flag: bool | None,
-    currency_start_offset: int | None,
-    currency_end_offset: int | None,
-) -> dict[str, Any]:
-    given = {
-        "process_type": process_type.value if process_type else None,
-        "subject_area": subject_area,
-        "row_count_type": row_count_type.value if row_count_type else None,
-        "row_count_property": row_count_property,
-        "currency_date_flag": currency_date_flag,
-        "currency_start_offset": currency_start_offset,
-        "currency_end_offset": currency_end_offset,
-    }
-    return {k: v for k, v in given.items() if v is not None}
-
-
 ProcessTypeOpt = Annotated[ProcessType | None, typer.Option("--process_type", "--process-type")]
 SubjectAreaOpt = Annotated[str | None, typer.Option("--subject_area", "--subject-area")]
 RowCountTypeOpt = Annotated[RowCountType | None, typer.Option("--row_count_type", "--row-count-type")]
@@ -720,57 +699,44 @@ StartOffsetOpt = Annotated[int | None, typer.Option("--currency_start_offset", "
 EndOffsetOpt = Annotated[int | None, typer.Option("--currency_end_offset", "--currency-end-offset", help="Days.")]
 
 
-@process_app.command("add")
-def process_add(
-    name: str,
-    process_type: ProcessTypeOpt = None,
-    subject_area: SubjectAreaOpt = None,
-    row_count_type: RowCountTypeOpt = None,
-    row_count_property: RowCountPropertyOpt = None,
-    currency_date_flag: DateFlagOpt = None,
-    currency_start_offset: StartOffsetOpt = None,
-    currency_end_offset: EndOffsetOpt = None,
-) -> None:
-    """Add a process (on an existing one, update the given settings)."""
-    settings = _process_settings(
-        process_type,
-        subject_area,
-        row_count_type,
-        row_count_property,
-        currency_date_flag,
-        currency_start_offset,
-        currency_end_offset,
-    )
-    result = rpc("process.add", {"name": name, **settings})
-    if result["outcome"] == "updated":
-        output.info(f"process {name} already existed: updated")
-    else:
-        output.info(f"process {name} added")
+def _process_command(method: str, doc: str) -> Any:
+    """``process add`` and ``process update`` take the same options; only the method differs."""
+
+    def command(
+        name: str,
+        process_type: ProcessTypeOpt = None,
+        subject_area: SubjectAreaOpt = None,
+        row_count_type: RowCountTypeOpt = None,
+        row_count_property: RowCountPropertyOpt = None,
+        currency_date_flag: DateFlagOpt = None,
+        currency_start_offset: StartOffsetOpt = None,
+        currency_end_offset: EndOffsetOpt = None,
+    ) -> None:
+        given = {
+            "process_type": process_type.value if process_type else None,
+            "subject_area": subject_area,
+            "row_count_type": row_count_type.value if row_count_type else None,
+            "row_count_property": row_count_property,
+            "currency_date_flag": currency_date_flag,
+            "currency_start_offset": currency_start_offset,
+            "currency_end_offset": currency_end_offset,
+        }
+        result = rpc(method, {"name": name, **{k: v for k, v in given.items() if v is not None}})
+        if result["outcome"] == "created":
+            output.info(f"process {name} added")
+        elif method == "process.add":
+            output.info(f"process {name} already existed: updated")
+        else:
+            output.info(f"process {name} updated")
+
+    command.__doc__ = doc
+    return command
 
 
-@process_app.command("update")
-def process_update(
-    name: str,
-    process_type: ProcessTypeOpt = None,
-    subject_area: SubjectAreaOpt = None,
-    row_count_type: RowCountTypeOpt = None,
-    row_count_property: RowCountPropertyOpt = None,
-    currency_date_flag: DateFlagOpt = None,
-    currency_start_offset: StartOffsetOpt = None,
-    currency_end_offset: EndOffsetOpt = None,
-) -> None:
-    """Change only the given settings of a process."""
-    settings = _process_settings(
-        process_type,
-        subject_area,
-        row_count_type,
-        row_count_property,
-        currency_date_flag,
-        currency_start_offset,
-        currency_end_offset,
-    )
-    rpc("process.update", {"name": name, **settings})
-    output.info(f"process {name} updated")
+process_app.command("add")(
+    _process_command("process.add", "Add a process (on an existing one, update the given settings).")
+)
+process_app.command("update")(_process_command("process.update", "Change only the given settings of a process."))
 
 
 @process_app.command("remove")
