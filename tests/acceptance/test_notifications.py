@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import functools
 import html
 import json
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -36,7 +36,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests import support
 from tests.conftest import Daemon, make_daemon
+from tests.support import assert_exit, by_step, call, current_run, q, wait_for_status
 
 WAIT = 30.0  # upper bound for any mail, state or log line we wait for; normally well under a second
 POLL = 0.05  # the daemon's log file only
@@ -45,7 +47,8 @@ FROM_DOMAIN = "notify.example"
 SUCCESS_LIST = ["dev@example.com"]
 FAILURE_LIST = ["ops1@example.com", "ops2@example.com"]
 
-q = shlex.quote
+# New sections follow the config file's last line directly (email_section starts with its own blank line).
+configure = functools.partial(support.configure, blank_line=False)
 
 
 # ============================================================================ the SMTP server
@@ -197,16 +200,6 @@ def email_section(port: int, **keys: Any) -> str:
     return "\n[email]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
 
 
-def configure(d: Daemon, *, daemon_keys: dict[str, str] | None = None, sections: str = "") -> None:
-    """Add keys to the [daemon] section and whole sections at the end of the config file."""
-    out = []
-    for line in d.config_file.read_text().splitlines():
-        out.append(line)
-        if line.strip() == "[daemon]":
-            out += [f"{key} = {value}" for key, value in (daemon_keys or {}).items()]
-    d.config_file.write_text("\n".join(out) + "\n" + sections)
-
-
 @contextlib.contextmanager
 def running_daemon(sections: str, daemon_keys: dict[str, str] | None = None) -> Iterator[Daemon]:
     d = make_daemon()
@@ -271,42 +264,6 @@ def import_job(d: Daemon, tmp_path: Path, name: str, steps: list[dict[str, Any]]
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({"steps": steps}, indent=1))
     d.ok("job", "import", name, str(path))
-
-
-def call(d: Daemon, method: str, params: dict[str, Any]) -> Any:
-    reply = d.rpc(method, params)
-    assert "result" in reply, f"{method} {params} failed: {reply}"
-    return reply["result"]
-
-
-def current_run(d: Daemon, job: str) -> dict[str, Any]:
-    run = call(d, "status", {"job": job})["run"]
-    assert run is not None, f"job {job} has no run"
-    return dict(run)
-
-
-def by_step(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    return {s["job_step"]: s for s in run["steps"]}
-
-
-def wait_for_status(d: Daemon, job: str, *statuses: str, timeout: float = WAIT) -> dict[str, Any]:
-    """Follow the job with the ``watch`` long poll until its run is in one of ``statuses``."""
-    deadline = time.monotonic() + timeout
-    since = -1
-    while True:
-        result = call(d, "watch", {"names": [job], "since": since, "wait": 5.0})
-        row = result["runs"][0]
-        if row["status"] in statuses:
-            return dict(row)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job} still {row['status']} after {timeout} s (wanted {statuses})")
-        since = result["version"]
-
-
-def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
-    assert result.returncode == code, (
-        f"exit {result.returncode}, wanted {code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    )
 
 
 def run_job(d: Daemon, job: str, *args: str, code: int = 0) -> dict[str, Any]:

@@ -28,19 +28,13 @@ from sqlalchemy.engine import Engine
 
 from tests.conftest import PYTHON, Daemon, make_daemon
 from tests.pg import PostgresServer, free_port
+from tests.support import WAIT_TIMEOUT, call
 
-WAIT_TIMEOUT = 30.0
 LOW = "1900-01-01 00:00:00"
 HIGH = "2999-12-31 23:59:59"
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def call(d: Daemon, method: str, params: dict[str, Any] | None = None) -> Any:
-    reply = d.rpc(method, params or {})
-    assert "result" in reply, f"{method} {params} failed: {reply}\n{d.log()[-3000:]}"
-    return reply["result"]
 
 
 def step(

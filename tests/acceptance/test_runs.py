@@ -10,149 +10,45 @@ a release file (a ``Gate``), and only the marker is polled (short loop with a de
 from __future__ import annotations
 
 import contextlib
-import os
-import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import PYTHON, Daemon
-
-WAIT_TIMEOUT = 30.0  # upper bound for any state we wait for; normally reached in well under a second
-POLL = 0.02  # marker files only (no event exists for "a step's command reached line N")
-GRACE = 1  # [daemon] stop_grace_period for the daemons of the kill / stop --now tests
-
-COLUMNS = (
-    "job_step",
-    "job_step_description",
-    "job_step_function",
-    "job_step_command",
-    "job_step_args",
-    "job_step_ignore_error",
-    "job_step_capture_output",
+from tests.support import (
+    WAIT_TIMEOUT,
+    Gate,
+    assert_exit,
+    assert_refused,
+    by_step,
+    call,
+    configure,
+    current_run,
+    import_job,
+    kill_group,
+    lines,
+    live_group_members,
+    q,
+    status_of,
+    step,
+    wait_for_path,
+    wait_for_status,
+    wait_group_gone,
+    write_job_file,
 )
 
-q = shlex.quote
+GRACE = 1  # [daemon] stop_grace_period for the daemons of the kill / stop --now tests
 
 
-# ---------------------------------------------------------------------------- job files
-
-
-def step(
-    number: int,
-    command: str,
-    *,
-    function: str = "run_command",
-    args: str = "",
-    ignore_error: bool = False,
-    capture: bool = False,
-    description: str = "",
-) -> dict[str, Any]:
-    return {
-        "job_step": number,
-        "job_step_description": description,
-        "job_step_function": function,
-        "job_step_command": command,
-        "job_step_args": args,
-        "job_step_ignore_error": ignore_error,
-        "job_step_capture_output": capture,
-    }
-
-
-def csv_field(value: Any) -> str:
-    """A CSV job-file field: a backslash makes the delimiter, a quote or a backslash literal."""
-    text = ("True" if value else "False") if isinstance(value, bool) else str(value)
-    return "".join("\\" + ch if ch in (",", '"', "\\") else ch for ch in text)
-
-
-def job_file_text(steps: list[dict[str, Any]]) -> str:
-    lines = [",".join(COLUMNS)]
-    lines += [",".join(csv_field(s[c]) for c in COLUMNS) for s in steps]
-    return "\n".join(lines) + "\n"
-
-
-def write_job_file(path: Path, steps: list[dict[str, Any]]) -> Path:
-    path.write_text(job_file_text(steps))
-    return path
-
-
-def import_job(d: Daemon, tmp_path: Path, name: str, steps: list[dict[str, Any]], *, group: str | None = None) -> Path:
-    path = write_job_file(tmp_path / f"{name}.csv", steps)
-    d.ok("job", "import", *(["-g", group] if group else []), name, str(path))
-    return path
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-# ---------------------------------------------------------------------------- daemon state
-
-
-def call(d: Daemon, method: str, params: dict[str, Any]) -> Any:
-    reply = d.rpc(method, params)
-    assert "result" in reply, f"{method} {params} failed: {reply}"
-    return reply["result"]
-
-
-def status_of(d: Daemon, job: str) -> dict[str, Any]:
-    return call(d, "status", {"job": job})
-
-
-def current_run(d: Daemon, job: str) -> dict[str, Any]:
-    run = status_of(d, job)["run"]
-    assert run is not None, f"job {job} has no run"
-    return run
-
-
-def by_step(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    return {s["job_step"]: s for s in run["steps"]}
-
-
-def wait_for_status(d: Daemon, job: str, *statuses: str, timeout: float = WAIT_TIMEOUT) -> dict[str, Any]:
-    """Follow the job with the ``watch`` long poll until its run is in one of ``statuses``."""
-    deadline = time.monotonic() + timeout
-    since = -1
-    while True:
-        result = call(d, "watch", {"names": [job], "since": since, "wait": 5.0})
-        row = result["runs"][0]
-        if row["status"] in statuses:
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"job {job} still {row['status']} after {timeout} s (wanted {statuses}): {status_of(d, job)}"
-            )
-        since = result["version"]
-
-
-def wait_for_path(path: Path, d: Daemon, job: str, timeout: float = WAIT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s; job {job}: {status_of(d, job)}")
-        time.sleep(POLL)
+# ---------------------------------------------------------------------------- client
 
 
 def start_wait(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return d.ctl("start", "--wait", *args)
-
-
-def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
-    assert result.returncode == code, (
-        f"exit {result.returncode}, wanted {code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-
-
-def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode != 0, f"accepted: {result.stdout}{result.stderr}"
-    for word in words:
-        assert word.lower() in result.stderr.lower(), f"{word!r} not in: {result.stderr}"
 
 
 @contextlib.contextmanager
@@ -166,109 +62,6 @@ def ctl_background(d: Daemon, *args: str) -> Iterator[subprocess.Popen[str]]:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-
-
-# ---------------------------------------------------------------------------- processes
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Processes (not zombies) whose process group (field 5 of /proc/PID/stat) is ``pgid``.
-
-    Zombies are excluded: they are dead, and in this sandbox PID 1 does not reap orphans."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            members.append(int(entry))
-    return members
-
-
-def wait_group_gone(pgid: int, timeout: float) -> list[int]:
-    """The group's live members once it is empty, or whatever is left after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while (members := live_group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(POLL)
-    return members
-
-
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-@dataclass
-class Gate:
-    """A step command that records its process group, says it has started, and blocks until opened."""
-
-    directory: Path
-    name: str
-
-    @property
-    def mark(self) -> Path:
-        return self.directory / f"{self.name}.started"
-
-    @property
-    def release(self) -> Path:
-        return self.directory / f"{self.name}.release"
-
-    @property
-    def pgid_file(self) -> Path:
-        return self.directory / f"{self.name}.pgid"
-
-    def command(self) -> str:
-        return (
-            f"echo $$ > {q(str(self.pgid_file))}; touch {q(str(self.mark))}; "
-            f"while [ ! -f {q(str(self.release))} ]; do sleep 0.05; done"
-        )
-
-    def wait_started(self, d: Daemon, job: str) -> int:
-        """Wait until the step really runs; its process group id."""
-        wait_for_path(self.mark, d, job)
-        return int(self.pgid_file.read_text())
-
-    def open(self) -> None:
-        self.release.touch()
-
-
-@pytest.fixture
-def gate(tmp_path: Path) -> Iterator[Callable[[str], Gate]]:
-    """Make gates; every gate is opened at the end of the test so no step stays blocked."""
-    made: list[Gate] = []
-
-    def make(name: str) -> Gate:
-        g = Gate(tmp_path, name)
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.open()
-
-
-@pytest.fixture
-def groups_to_kill() -> Iterator[list[int]]:
-    """Process groups SIGKILLed at the end of the test (steps orphaned by a killed daemon)."""
-    pgids: list[int] = []
-    yield pgids
-    for pgid in pgids:
-        kill_group(pgid)
-
-
-def configure(d: Daemon, *, daemon_keys: dict[str, str] | None = None, sections: str = "") -> None:
-    """Add keys to the existing [daemon] section and whole new sections at the end of the config."""
-    out = []
-    for line in d.config_file.read_text().splitlines():
-        out.append(line)
-        if line.strip() == "[daemon]":
-            out += [f"{key} = {value}" for key, value in (daemon_keys or {}).items()]
-    d.config_file.write_text("\n".join(out) + "\n\n" + sections)
 
 
 # ============================================================================ running steps

@@ -11,44 +11,47 @@ assert that something does *not* happen (no fire while disabled, the run stays R
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
-import os
 import re
-import shlex
-import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import support
 from tests.conftest import Daemon
+from tests.support import (
+    POLL,
+    WAIT_TIMEOUT,
+    Gate,
+    assert_exit,
+    by_step,
+    call,
+    configure,
+    current_run,
+    lines,
+    q,
+    status_of,
+    wait_for_path,
+    wait_group_gone,
+    write_job_file,
+)
 
-WAIT_TIMEOUT = 30.0  # upper bound for a state we wait for; normally reached in well under a second
 FIRE_TIMEOUT = 15.0  # upper bound for a seconds-level schedule to fire
-POLL = 0.02  # marker files and the schedule list only
 EVERY_SECOND = "*/1 * * * * *"
 FINISHED = ("Completed", "Failed", "Stopped")
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
-COLUMNS = (
-    "job_step",
-    "job_step_description",
-    "job_step_function",
-    "job_step_command",
-    "job_step_args",
-    "job_step_ignore_error",
-    "job_step_capture_output",
-    "job_step_wait_step",
-    "job_step_alt_wait_step",
-)
-
-q = shlex.quote
+# This file's use of the shared helpers: set-up imports go over a raw request (a client process per
+# job would cost more than the tests themselves; refused imports use the client), and a refusal
+# must exit 1 without a traceback.
+import_job = functools.partial(support.import_job, raw=True)
+assert_refused = functools.partial(support.assert_refused, strict=True)
 
 
 # ---------------------------------------------------------------------------- job files
@@ -63,44 +66,10 @@ def step(
     wait: int = 0,
     alt_wait: int = 0,
 ) -> dict[str, Any]:
-    return {
-        "job_step": number,
-        "job_step_description": f"step {number}",
-        "job_step_function": "run_command",
-        "job_step_command": command,
-        "job_step_args": args,
-        "job_step_ignore_error": False,
-        "job_step_capture_output": capture,
-        "job_step_wait_step": wait,
-        "job_step_alt_wait_step": alt_wait,
-    }
-
-
-def csv_field(value: Any) -> str:
-    """A CSV job-file field: a backslash makes the delimiter, a quote or a backslash literal."""
-    text = ("True" if value else "False") if isinstance(value, bool) else str(value)
-    return "".join("\\" + ch if ch in (",", '"', "\\") else ch for ch in text)
-
-
-def write_job_file(path: Path, steps: list[dict[str, Any]]) -> Path:
-    rows = [",".join(COLUMNS)] + [",".join(csv_field(s[c]) for c in COLUMNS) for s in steps]
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def import_job(d: Daemon, tmp_path: Path, name: str, steps: list[dict[str, Any]], *, group: str | None = None) -> Path:
-    """Import a job for a test's set-up over a raw request (what ``job import`` sends; a client
-    process per job would cost more than the tests themselves). Refused imports use the client."""
-    path = write_job_file(tmp_path / f"{name}.csv", steps)
-    params: dict[str, Any] = {"job": name, "file_name": str(path), "content": path.read_text()}
-    if group is not None:
-        params["group"] = group
-    assert call(d, "job.import", params)["outcome"] == "created"
-    return path
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+    """A step described "step NUMBER", with both wait-step columns (job files here have all nine)."""
+    return support.step(
+        number, command, args=args, capture=capture, description=f"step {number}", wait=wait, alt_wait=alt_wait
+    )
 
 
 def parse_ts(text: str) -> datetime:
@@ -112,26 +81,6 @@ def read_float(path: Path) -> float:
 
 
 # ---------------------------------------------------------------------------- daemon state
-
-
-def call(d: Daemon, method: str, params: dict[str, Any] | None = None) -> Any:
-    reply = d.rpc(method, params or {})
-    assert "result" in reply, f"{method} {params} failed: {reply}"
-    return reply["result"]
-
-
-def status_of(d: Daemon, job: str) -> dict[str, Any]:
-    return call(d, "status", {"job": job})
-
-
-def current_run(d: Daemon, job: str) -> dict[str, Any]:
-    run = status_of(d, job)["run"]
-    assert run is not None, f"job {job} has no run"
-    return run
-
-
-def by_step(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    return {s["job_step"]: s for s in run["steps"]}
 
 
 def wait_for(
@@ -155,7 +104,8 @@ def wait_for(
 def wait_for_status(d: Daemon, job: str, *statuses: str, timeout: float = WAIT_TIMEOUT) -> dict[str, Any]:
     """Until the job's run is in one of ``statuses``; a finished run only once its end is recorded
     (``status`` can briefly pair a finished run status with an older snapshot of the run's rows,
-    see test_status_never_shows_a_finished_run_with_unfinished_steps)."""
+    see test_status_never_shows_a_finished_run_with_unfinished_steps). Its status (not the ``watch``
+    row that tests.support.wait_for_status returns)."""
 
     def reached(s: dict[str, Any]) -> bool:
         if s["status"] not in statuses:
@@ -194,27 +144,6 @@ def settle(d: Daemon, job: str, quiet: float = 0.5, timeout: float = WAIT_TIMEOU
             return status
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job} did not settle within {timeout} s: {status_of(d, job)}")
-
-
-def wait_for_path(path: Path, d: Daemon, job: str, timeout: float = WAIT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s; job {job}: {status_of(d, job)}")
-        time.sleep(POLL)
-
-
-def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
-    assert result.returncode == code, (
-        f"exit {result.returncode}, wanted {code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-
-
-def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert_exit(result, 1)
-    for word in words:
-        assert word.lower() in result.stderr.lower(), f"{word!r} not in: {result.stderr}"
-    assert "Traceback" not in result.stderr
 
 
 def job_exists(d: Daemon, job: str) -> bool:
@@ -263,107 +192,7 @@ def scheduled(d: Daemon, name: str, expression: str, *extra: str) -> Iterator[st
         d.ctl("schedule", "remove", name)
 
 
-# ---------------------------------------------------------------------------- processes
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Processes (not zombies) whose process group (field 5 of /proc/PID/stat) is ``pgid``.
-
-    Zombies are excluded: they are dead, and in this sandbox PID 1 does not reap orphans."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            members.append(int(entry))
-    return members
-
-
-def wait_group_gone(pgid: int, timeout: float) -> list[int]:
-    """The group's live members once it is empty, or whatever is left after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while (members := live_group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(POLL)
-    return members
-
-
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-@dataclass
-class Gate:
-    """A step command that records its process group, says it has started, and blocks until opened."""
-
-    directory: Path
-    name: str
-
-    @property
-    def mark(self) -> Path:
-        return self.directory / f"{self.name}.started"
-
-    @property
-    def release(self) -> Path:
-        return self.directory / f"{self.name}.release"
-
-    @property
-    def pgid_file(self) -> Path:
-        return self.directory / f"{self.name}.pgid"
-
-    def command(self) -> str:
-        return (
-            f"echo $$ > {q(str(self.pgid_file))}; touch {q(str(self.mark))}; "
-            f"while [ ! -f {q(str(self.release))} ]; do sleep 0.05; done"
-        )
-
-    def wait_started(self, d: Daemon, job: str) -> int:
-        """Wait until the step really runs; its process group id."""
-        wait_for_path(self.mark, d, job)
-        return int(self.pgid_file.read_text())
-
-    def open(self) -> None:
-        self.release.touch()
-
-
-@pytest.fixture
-def gate(tmp_path: Path) -> Iterator[Callable[[str], Gate]]:
-    """Make gates; every gate is opened at the end of the test so no step stays blocked."""
-    made: list[Gate] = []
-
-    def make(name: str) -> Gate:
-        g = Gate(tmp_path, name)
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        g.open()
-
-
-@pytest.fixture
-def groups_to_kill() -> Iterator[list[int]]:
-    """Process groups SIGKILLed at the end of the test (whatever a failed assertion left behind)."""
-    pgids: list[int] = []
-    yield pgids
-    for pgid in pgids:
-        kill_group(pgid)
-
-
-def configure(d: Daemon, *, daemon_keys: dict[str, str] | None = None, sections: str = "") -> None:
-    """Add keys to the existing [daemon] section and whole new sections at the end of the config."""
-    out = []
-    for line in d.config_file.read_text().splitlines():
-        out.append(line)
-        if line.strip() == "[daemon]":
-            out += [f"{key} = {value}" for key, value in (daemon_keys or {}).items()]
-    d.config_file.write_text("\n".join(out) + "\n\n" + sections)
+# ---------------------------------------------------------------------------- concurrency
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:

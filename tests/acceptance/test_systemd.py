@@ -16,7 +16,6 @@ import json
 import os
 import pwd
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -33,15 +32,12 @@ import pytest
 
 from loadmgrd.repository import Repository, load_migrations
 from tests.conftest import PYTHON, Daemon, raw_exchange
+from tests.support import POLL, WAIT_TIMEOUT, call, q, wait_for_status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOADMGRD_BIN = Path(PYTHON).parent / "loadmgrd"
 
-WAIT_TIMEOUT = 30.0  # upper bound for anything we wait for; normally reached well under a second
 EXIT_GRACE = 5.0  # how long a daemon that reported a fatal error may take to exit
-POLL = 0.02  # only for log lines and marker files (no event exists for them)
-
-q = shlex.quote
 
 # Environment a test process may itself have inherited from systemd: never pass it on by accident.
 _SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
@@ -231,30 +227,10 @@ def one_step_job(d: Daemon, directory: Path, name: str, command: str) -> None:
     d.ok("job", "import", name, str(path))
 
 
-def call(d: Daemon, method: str, params: dict[str, Any] | None = None) -> Any:
-    reply = d.rpc(method, params)
-    assert "result" in reply, f"{method} {params} failed: {reply}"
-    return reply["result"]
-
-
 def start_job(d: Daemon, job: str) -> dict[str, Any]:
     result = call(d, "start", {"name": job})
     assert result["results"] and result["results"][0]["started"], result
     return dict(result["results"][0])
-
-
-def wait_for_status(d: Daemon, job: str, *statuses: str, timeout: float = WAIT_TIMEOUT) -> dict[str, Any]:
-    """Follow the job with the ``watch`` long poll until its run is in one of ``statuses``."""
-    deadline = time.monotonic() + timeout
-    since = -1
-    while True:
-        result = call(d, "watch", {"names": [job], "since": since, "wait": 5.0})
-        row = result["runs"][0]
-        if row["status"] in statuses:
-            return dict(row)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job} still {row['status']} after {timeout} s (wanted {statuses})")
-        since = result["version"]
 
 
 def ping_pid(path: Path) -> int:
