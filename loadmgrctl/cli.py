@@ -66,7 +66,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 @app.callback()
 def _options(
     socket: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--socket", envvar="LOADMGR_SOCKET", help="loadmgrd's socket (default: from the config)."),
     ] = None,
     config: Annotated[
@@ -76,7 +76,7 @@ def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     global _settings
-    _settings = Settings(socket, config, debug)
+    _settings = Settings(Path(socket) if socket else None, config, debug)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

@@ -122,7 +122,9 @@ class Daemon:
                 run["job_name"],
                 run["status"],
             )
-        recovery = asyncio.create_task(self._end_orphans(orphans), name="end orphaned steps")
+        recovery = asyncio.create_task(
+            self._end_orphans(orphans, [r["run_id"] for r in recovered]), name="end orphaned steps"
+        )
 
         from loadmgrd import handlers  # noqa: F401 - registers the JSON-RPC methods
         from loadmgrd.steps import _register_data_steps
@@ -197,12 +199,17 @@ class Daemon:
         task.add_done_callback(done)
         self._tasks.append(task)
 
-    async def _end_orphans(self, orphans: list[dict[str, Any]]) -> None:
+    async def _end_orphans(self, orphans: list[dict[str, Any]], run_ids: list[str]) -> None:
         """Steps of a daemon that died may still run: end their process groups before anything
-        can resume them, so no step runs twice at once."""
-        groups = [o["pgid"] for o in orphans if o["pgid"] and procgroup.is_same_group(o["pgid"], o["run_id"])]
-        for pgid in groups:
+        can resume them, so no step runs twice at once. Recorded groups are checked, and /proc
+        is searched for any process of those runs (a step spawned just before the crash)."""
+        recorded = {o["pgid"] for o in orphans if o["pgid"] and procgroup.is_same_group(o["pgid"], o["run_id"])}
+        groups = recorded | await asyncio.to_thread(procgroup.groups_of_runs, run_ids)
+        groups.discard(os.getpgrp())
+        for pgid in sorted(groups):
             log.warning("ending process group %d left running by a step of the previous loadmgrd", pgid)
+        if not groups:
+            return
         try:
             await procgroup.terminate(groups, self.config.daemon.stop_grace_period)
         except Exception:

@@ -269,6 +269,29 @@ def _convert(name: str, value: Any) -> Any:
 # --------------------------------------------------------------------------- JSON
 
 
+def _deepest(content: str, limit: int = 900) -> int:
+    """Where nesting first passes ``limit`` levels (outside strings), for the error position."""
+    depth = 0
+    in_string = escaped = False
+    for index, ch in enumerate(content):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return index
+        elif ch in "]}":
+            depth -= 1
+    return 0
+
+
 def _line_col(content: str, index: int) -> tuple[int, int]:
     line = content.count("\n", 0, index) + 1
     return line, index - (content.rfind("\n", 0, index) + 1) + 1
@@ -321,9 +344,12 @@ def parse_json(content: str, file: str) -> ParsedJobFile:
     except json.JSONDecodeError as exc:
         raise JobFileError(file, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}") from None
     except RecursionError:
-        raise JobFileError(file, None, None, "JSON nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer with more digits than Python converts
-        raise JobFileError(file, None, None, f"invalid JSON: {exc}") from None
+        depth = _deepest(content)
+        raise JobFileError(file, *_line_col(content, depth), "invalid JSON: nested too deeply") from None
+    except ValueError:  # an integer with more digits than Python converts
+        match = re.search(r"\d{4000,}", content)
+        position = _line_col(content, match.start()) if match else (1, 1)
+        raise JobFileError(file, *position, "invalid JSON: a number with thousands of digits") from None
     if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
         raise JobFileError(file, 1, 1, 'a JSON job file must be an object with a "steps" list')
     unknown = set(document) - {"steps", "job_name", "job_group", "description"}

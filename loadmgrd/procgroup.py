@@ -53,6 +53,30 @@ def is_same_group(pgid: int, run_id: str) -> bool:
     return False
 
 
+def groups_of_runs(run_ids: Iterable[str]) -> set[int]:
+    """Process groups of any process whose environment says it belongs to one of ``run_ids``
+    (``LOADMGR_RUN_ID``), found by scanning /proc: this also finds a step spawned just before a
+    crash, before its process group could be recorded."""
+    markers = {f"LOADMGR_RUN_ID={r}".encode() for r in run_ids}
+    if not markers:
+        return set()
+    groups: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                if not markers.intersection(environ.read().split(b"\0")):
+                    continue
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            groups.add(int(fields[2]))
+    return groups
+
+
 def signal_groups(groups: Iterable[int], sig: int) -> None:
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -128,4 +128,5 @@ def error_line(request_id: Any, exc: LoadmgrError) -> bytes:
 
 
 def _encode(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
+    # ASCII with escapes: any string a client sent (a lone surrogate included) can be echoed back.
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), default=str).encode("ascii") + b"\n"

@@ -392,27 +392,32 @@ class ActiveRun:
         command = substitute(row["job_step_command"], values, delimiter, quote=shell)
         temp_args: dict[str, str] = run["temp_args"]
         own_args = parse_args(row["job_step_args"])
-        overridden = {k: v for k, v in temp_args.items() if k in own_args}
-        args_template = row["job_step_args"]
-        if overridden or CONTROL_ARGS & own_args.keys():
-            # temp args replace the step's own values for this run; timeout/retries are loadmgr's
-            kept = {k: v for k, v in {**own_args, **overridden}.items() if k not in CONTROL_ARGS}
-            args_template = " ".join(f"{k}={shlex.quote(v)}" for k, v in kept.items())
-        args = substitute(args_template, values, delimiter, quote=shell)
-        for name_missing in (*command.unresolved, *args.unresolved):
+        unresolved = list(command.unresolved)
+        # Every argument value gets its variables first (as plain text) and only then becomes
+        # one shell word: a value can never close a quote it sits in.
+        effective_args: dict[str, str] = {}
+        for key, value in {**own_args, **temp_args}.items():
+            filled = substitute(value, values, delimiter, quote=False)
+            unresolved += filled.unresolved
+            effective_args[key] = filled.text
+        if shell:
+            args_text = " ".join(
+                f"{key}={shlex.quote(effective_args[key])}" for key in own_args if key not in CONTROL_ARGS
+            )
+        else:
+            args_text = substitute(row["job_step_args"], values, delimiter, quote=False).text
+        for name_missing in unresolved:
             self.log.write(
                 f"variable {delimiter}{name_missing}{delimiter} is not known here; left as is",
                 step=row["job_step"],
                 level="WARNING",
             )
-        effective_args = {k: substitute(v, values, delimiter, quote=False).text for k, v in own_args.items()}
-        effective_args.update(temp_args)
         context = step_functions.StepContext(
             job=self.job_name,
             run_id=self.run_id,
             job_step=row["job_step"],
             command=command.text,
-            args_text=args.text,
+            args_text=args_text,
             args=effective_args,
             env=self._environment(row["job_step"], run),
             log=self.log,

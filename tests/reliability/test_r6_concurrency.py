@@ -1,0 +1,217 @@
+"""R6 — concurrency: many clients reading and writing while jobs run.
+
+20 jobs of short steps run (and are started again as soon as they end) while 50 client threads
+issue reads (``listall``, ``status``, ``history``, ``watch``, ``event.view``) and admin writes
+(``event.add`` of distinct names, ``process.add``, ``process.update``) in parallel — half of them on
+one connection each, half with a new connection per request — and a few real ``loadmgrctl``
+processes do the same. Then: no reply anywhere was an error, "database is locked" appears in no
+reply and nowhere in the daemon's log, no update was lost (every event added is there, every
+process is there with the last value its thread wrote), every run that ended completed, and the
+repository passes ``repo.check``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import PYTHON, Daemon
+from tests.reliability.support import (
+    BASE_SEED,
+    WAIT_TIMEOUT,
+    Conn,
+    DaemonFactory,
+    call,
+    job_csv,
+    request,
+    sized,
+    step,
+    wait_for_status,
+)
+
+JOBS = 20
+CLIENTS = 50
+ROUNDS = sized(12, 60)  # each client does ROUNDS x (3 writes + 3 reads)
+CTL_CLIENTS = 3
+LOCKED = "database is locked"
+
+
+class Client:
+    """One client thread's connection: kept open, or a new one per request."""
+
+    def __init__(self, d: Daemon, persistent: bool) -> None:
+        self.d = d
+        self.conn = Conn(d.socket) if persistent else None
+        self.replies: list[dict[str, Any]] = []
+        self.next_id = 0
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.next_id += 1
+        if self.conn is not None:
+            self.conn.request(request(method, params, self.next_id))
+            reply: dict[str, Any] = self.conn.read_json()
+        else:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(self.d.socket))
+                sock.settimeout(60)
+                conn = Conn(sock=sock)
+                conn.request(request(method, params, self.next_id))
+                reply = conn.read_json()
+        assert reply.get("id") == self.next_id, reply
+        self.replies.append({"method": method, "params": params, "reply": reply})
+        return reply
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def client_work(d: Daemon, n: int, tmp: Path, seed: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One client's rounds; returns its replies and the last subject area it wrote per process."""
+    rng = random.Random(seed + n)
+    client = Client(d, persistent=n % 2 == 0)
+    last: dict[str, str] = {}
+    try:
+        for k in range(ROUNDS):
+            job = f"r6-job-{(n + k) % JOBS}"
+            event = {"job": job, "event": f"ev-{n}-{k}", "item": str(tmp / f"ev-{n}-{k}.flag"), "action": "create"}
+            client.call("event.add", event)  # create events: runs started later create these files
+            process = f"r6-proc-{n}-{k % 4}"
+            area = f"area-{n}-{k}"
+            method = "process.add" if k < 4 else "process.update"
+            client.call(method, {"name": process, "subject_area": area})
+            last[process] = area
+            client.call("process.add", {"name": f"r6-once-{n}-{k}", "currency_start_offset": k})
+            reader = rng.choice(["listall", "status", "history", "watch", "event.view"])
+            params: dict[str, Any] = {
+                "listall": {},
+                "status": {"job": job},
+                "history": {"job": job, "limit": 5},
+                "watch": {"names": [job]},
+                "event.view": {"job": job},
+            }[reader]
+            client.call(reader, params)
+            client.call("status", {"job": f"r6-job-{rng.randrange(JOBS)}"})
+            client.call("listall", {"status": "Running"})
+    finally:
+        client.close()
+    return client.replies, last
+
+
+def keep_jobs_running(d: Daemon, stop: threading.Event, started: list[str], problems: list[str]) -> None:
+    """Start each job again as soon as its run has ended, until ``stop``."""
+    conn = Conn(d.socket)
+    try:
+        since = -1
+        while not stop.is_set():
+            conn.request(request("watch", {"names": ["r6"], "since": since, "wait": 1.0}, "watch"))
+            answer = conn.read_json()
+            if "result" not in answer:
+                problems.append(f"watch: {answer}")
+                return
+            since = answer["result"]["version"]
+            for row in answer["result"]["runs"]:
+                if row["status"] in ("Completed", "Failed", "Stopped"):
+                    if row["status"] != "Completed":
+                        problems.append(f"{row['job']} run {row['run_id']} ended {row['status']}")
+                    if stop.is_set():
+                        break
+                    conn.request(request("start", {"name": row["job"]}, "start"))
+                    reply = conn.read_json()
+                    if "result" in reply:
+                        started.append(reply["result"]["results"][0]["run_id"])
+                    elif reply["error"]["code"] != 1008:  # already running again: fine
+                        problems.append(f"start {row['job']}: {reply}")
+    finally:
+        conn.close()
+
+
+def ctl_work(d: Daemon, n: int, tmp: Path) -> list[subprocess.CompletedProcess[str]]:
+    base = [PYTHON, "-m", "loadmgrctl", "--socket", str(d.socket)]
+    commands = [
+        ["listall", "--json"],
+        ["process", "add", "--subject_area", f"ctl-{n}", f"r6-ctl-{n}"],
+        ["status", "r6-job-0", "--json"],
+        ["event", "add", "-a", "create", "r6-job-1", f"ctl-ev-{n}", str(tmp / f"ctl-ev-{n}.flag")],
+        ["history", "r6-job-2", "--json"],
+    ]
+    return [
+        subprocess.run([*base, *c], env=d.env(), capture_output=True, text=True, timeout=120, check=False)
+        for c in commands
+    ]
+
+
+def test_fifty_clients_and_twenty_running_jobs(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    d.start()
+    seed = BASE_SEED
+    steps = [step(n, "true" if n % 3 else "sleep 0.02") for n in range(1, 16)]
+    for i in range(JOBS):
+        call(d, "job.import", {"job": f"r6-job-{i}", "file_name": "r6.csv", "content": job_csv(steps), "group": "r6"})
+    first = call(d, "start", {"name": "r6"})
+    started = [r["run_id"] for r in first["results"] if r["started"]]
+    assert len(started) == JOBS, first
+
+    stop = threading.Event()
+    problems: list[str] = []
+    began = time.monotonic()
+    with ThreadPoolExecutor(max_workers=CLIENTS + CTL_CLIENTS + 1) as pool:
+        restarter = pool.submit(keep_jobs_running, d, stop, started, problems)
+        clients = [pool.submit(client_work, d, n, tmp_path, seed) for n in range(CLIENTS)]
+        ctls = [pool.submit(ctl_work, d, n, tmp_path) for n in range(CTL_CLIENTS)]
+        results = [c.result(timeout=300) for c in clients]
+        ctl_results = [r for c in ctls for r in c.result(timeout=300)]
+        stop.set()
+        restarter.result(timeout=60)
+    took = time.monotonic() - began
+    for i in range(JOBS):
+        wait_for_status(d, f"r6-job-{i}", "Completed", "Failed", "Stopped", timeout=WAIT_TIMEOUT)
+
+    # no error anywhere, "database is locked" nowhere
+    replies = [r for replies, _ in results for r in replies]
+    assert len(replies) == CLIENTS * ROUNDS * 6
+    errors = [r for r in replies if "result" not in r["reply"]]
+    assert errors == [], f"{len(errors)} requests failed, e.g. {errors[:3]}"
+    assert LOCKED not in json.dumps(replies), "a reply mentions a locked database"
+    for result in ctl_results:
+        assert result.returncode == 0, f"{result.args}: {result.stderr}"
+        assert LOCKED not in result.stdout + result.stderr
+    assert problems == [], problems
+    log = d.log()
+    assert LOCKED not in log, log[-5000:]
+    assert "Traceback" not in log, log[-5000:]
+
+    # no lost update
+    for i in range(JOBS):
+        names = {e["event_name"] for e in call(d, "event.view", {"job": f"r6-job-{i}"})["events"]}
+        wanted = {f"ev-{n}-{k}" for n in range(CLIENTS) for k in range(ROUNDS) if (n + k) % JOBS == i}
+        if i == 1:
+            wanted |= {f"ctl-ev-{n}" for n in range(CTL_CLIENTS)}
+        assert names == wanted, f"r6-job-{i}: missing {sorted(wanted - names)[:5]}, extra {sorted(names - wanted)[:5]}"
+    for _, last in results:
+        for process, area in last.items():
+            view = call(d, "process.view", {"name": process})
+            assert view["process"]["subject_area"] == area, f"{process}: {view['process']['subject_area']} != {area}"
+    for n in range(CLIENTS):
+        for k in range(ROUNDS):
+            view = call(d, "process.view", {"name": f"r6-once-{n}-{k}"})
+            assert view["process"]["currency_start_offset"] == k
+    for n in range(CTL_CLIENTS):
+        assert call(d, "process.view", {"name": f"r6-ctl-{n}"})["process"]["subject_area"] == f"ctl-{n}"
+
+    # every run that ended completed; the history holds them all
+    for i in range(JOBS):
+        history = call(d, "history", {"job": f"r6-job-{i}", "limit": 10000})["runs"]
+        assert all(r["status"] == "Completed" for r in history), [(r["run_id"], r["status"]) for r in history]
+    assert len(started) > JOBS, "no job ran twice: the clients did not overlap with running jobs"
+    assert call(d, "repo.check")["ok"] is True
+    print(
+        f"R6: {len(replies)} client requests, {len(ctl_results)} loadmgrctl calls, {len(started)} runs in {took:.1f} s"
+    )
