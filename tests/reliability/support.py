@@ -31,6 +31,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import PYTHON, Daemon, make_daemon, raw_exchange
+from tests.support import by_step, configure, kill_group, status_of, wait_for_status
+from tests.support import current_run as run_of
+
+# The shared helpers the R tests import from here, with this suite's own ones.
+REEXPORTED = (by_step, kill_group, run_of, status_of, wait_for_status)
 
 LONG = os.environ.get("LOADMGR_LONG", "").strip() not in ("", "0")
 
@@ -71,16 +76,6 @@ def sized(fast: int, long: int) -> int:
 
 
 # ---------------------------------------------------------------------------- daemons
-
-
-def configure(d: Daemon, *, daemon_keys: dict[str, str] | None = None, sections: str = "") -> None:
-    """Add keys to the [daemon] section of ``make_daemon``'s config and whole sections at the end."""
-    out = []
-    for line in d.config_file.read_text().splitlines():
-        out.append(line)
-        if line.strip() == "[daemon]":
-            out += [f"{key} = {value}" for key, value in (daemon_keys or {}).items()]
-    d.config_file.write_text("\n".join(out) + "\n\n" + sections)
 
 
 def new_daemon(*, daemon_keys: dict[str, str] | None = None, sections: str = "") -> Daemon:
@@ -130,35 +125,6 @@ def call(d: Daemon, method: str, params: Any = None) -> Any:
     reply = rpc(d, method, params)
     assert "result" in reply, f"{method} {params} failed: {reply}"
     return reply["result"]
-
-
-def status_of(d: Daemon, job: str) -> dict[str, Any]:
-    result: dict[str, Any] = call(d, "status", {"job": job})
-    return result
-
-
-def run_of(d: Daemon, job: str) -> dict[str, Any]:
-    run = status_of(d, job)["run"]
-    assert run is not None, f"job {job} has no run"
-    return dict(run)
-
-
-def by_step(run: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    return {s["job_step"]: s for s in run["steps"]}
-
-
-def wait_for_status(d: Daemon, job: str, *statuses: str, timeout: float = WAIT_TIMEOUT) -> dict[str, Any]:
-    """Follow the job with the ``watch`` long poll until its run is in one of ``statuses``."""
-    deadline = time.monotonic() + timeout
-    since = -1
-    while True:
-        result = call(d, "watch", {"names": [job], "since": since, "wait": 5.0})
-        row: dict[str, Any] = result["runs"][0]
-        if row["status"] in statuses:
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job} still {row['status']} after {timeout} s (wanted {statuses})")
-        since = result["version"]
 
 
 class Conn:
@@ -388,11 +354,6 @@ def wait_gone(pids: Callable[[], list[int]], timeout: float) -> list[int]:
     while (left := pids()) and time.monotonic() < deadline:
         time.sleep(POLL)
     return left
-
-
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def kill_pid(pid: int) -> None:
