@@ -275,7 +275,6 @@ class Engine:
             "run_id": run_id,
             "log_file": str(log_path),
             "steps": len(plan.pending),
-            "warnings": plan.warnings,
         }
 
     async def _continue(self, job: Row, current: Row) -> dict[str, Any]:

@@ -37,7 +37,6 @@ class Plan:
     start_step: int
     end_step: int
     carried_outputs: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def pending(self) -> list[PlannedStep]:

@@ -247,12 +247,6 @@ class Repository:
                 foreign = [f"{r[0]} row {r[1]} -> {r[2]}" for r in await cur.fetchall()]
         return {"integrity_check": integrity, "foreign_key_check": foreign, "ok": integrity == ["ok"] and not foreign}
 
-    async def schema_objects(self) -> list[Row]:
-        """Tables and indexes as SQLite records them (for tests comparing schemas)."""
-        return await self._all(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
-        )
-
     # ------------------------------------------------------------------ jobs
 
     async def get_job(self, name: str) -> Row:

@@ -92,7 +92,6 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()
-        self.requests_served = 0
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=self._limit)
@@ -199,7 +198,6 @@ class Server:
             request = parse_request(obj)
         except LoadmgrError as exc:
             return error_line(request_id, exc)  # not a valid request: answered, with id null if unknown
-        self.requests_served += 1
         try:
             result = await dispatch(request, ctx, self.policy)
         except LoadmgrError as exc:
