@@ -184,6 +184,8 @@ def median_of(runs: int, fn: Callable[[], float]) -> float:
 
 
 def p1_step_overhead(runs: int) -> dict[str, Any]:
+    """Runs and bash loops alternate, so a machine that slows down mid-benchmark (a noisy
+    virtual machine) slows both sides alike; the ratio is the median of the per-pair ratios."""
     steps = 200
 
     def bash_loop() -> float:
@@ -201,17 +203,22 @@ def p1_step_overhead(runs: int) -> dict[str, Any]:
             return time.perf_counter() - start
 
         one_run()  # warm up
-        loadmgr = median_of(runs, one_run)
-    baseline = median_of(runs, bash_loop)
+        bash_loop()
+        pairs = [(one_run(), bash_loop()) for _ in range(runs * 2)]
+    loadmgr = statistics.median(p[0] for p in pairs)
+    baseline = statistics.median(p[1] for p in pairs)
+    ratio = statistics.median(p[0] / p[1] for p in pairs)
     return {
         "id": "P1",
         "name": f"step overhead ({steps} × true)",
         "value": loadmgr,
         "baseline": baseline,
-        "ratio": loadmgr / baseline,
+        "ratio": ratio,
         "target": "≤ 1.2",
-        "met": loadmgr / baseline <= 1.2,
-        "detail": f"{loadmgr / steps * 1000:.2f} ms/step vs bash {baseline / steps * 1000:.2f} ms/step",
+        "met": ratio <= 1.2,
+        "detail": f"{loadmgr / steps * 1000:.2f} ms/step vs bash {baseline / steps * 1000:.2f} ms/step "
+        f"(ratio of {len(pairs)} alternating pairs: {min(p[0] / p[1] for p in pairs):.2f}"
+        f"–{max(p[0] / p[1] for p in pairs):.2f})",
     }
 
 
