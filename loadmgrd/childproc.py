@@ -13,16 +13,26 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 READ_CHUNK = 65536
+_devnull: int | None = None
+
+
+def _devnull_fd() -> int:
+    """One /dev/null descriptor for every child's stdin (Popen would open and close one per spawn)."""
+    global _devnull
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _devnull
 
 
 class Child:
     """A running child in its own session (so its process group is its pid)."""
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], *, output: bool = True) -> None:
-        pipe = subprocess.PIPE if output else subprocess.DEVNULL
+        devnull = _devnull_fd()
+        pipe = subprocess.PIPE if output else devnull
         self.proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=devnull,
             stdout=pipe,
             stderr=pipe,
             env=dict(env),

@@ -70,6 +70,7 @@ class Engine:
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._version = 0
         self._changed = asyncio.Event()
+        self._ended = asyncio.Event()
         self.recovery: asyncio.Task[None] | None = None  # ending the steps of a daemon that died
         self.notifier: Notifier | None = None
         self.databases = Targets(lambda: self.config.targets)
@@ -94,6 +95,8 @@ class Engine:
     def forget(self, run: ActiveRun) -> None:
         if self.runs.get(run.job_key) is run:
             del self.runs[run.job_key]
+            self._ended.set()
+            self._ended = asyncio.Event()
         self.changed()
 
     def changed(self) -> None:
@@ -108,6 +111,12 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
         return self._version
+
+    async def wait_ended(self, timeout: float) -> None:
+        """Until some run leaves the daemon (ended, paused or stopped), at most ``timeout`` s."""
+        event = self._ended
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
 
     @property
     def version(self) -> int:

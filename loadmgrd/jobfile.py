@@ -62,8 +62,10 @@ class StepDef:
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> StepDef:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: row[k] for k in names if k in row})
+        return cls(**{k: row[k] for k in _STEP_FIELDS if k in row})
+
+
+_STEP_FIELDS = tuple(f.name for f in fields(StepDef))
 
 
 @dataclass

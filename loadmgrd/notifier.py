@@ -123,23 +123,33 @@ class Notifier:
 
     # ------------------------------------------------------------------ what is sent
 
-    def run_ended(self, job: str, run: dict[str, Any], *, warnings: bool, log_text: str) -> None:
-        status = run["status"]
+    def run_mail(
+        self, job: str, status: str, *, warnings: bool, no_success_email: bool
+    ) -> tuple[str, list[str]] | None:
+        """The label and recipients of the mail a run's end sends, or None when it sends none."""
         if status == RunStatus.COMPLETED:
             if warnings:
                 label, recipients = "WARNING", self.email.failure_list
-            elif run.get("no_success_email"):
-                log.debug("run %s of %s completed: no success mail (--no-success-email)", run["run_id"], job)
-                return
+            elif no_success_email:
+                log.debug("run of %s completed: no success mail (--no-success-email)", job)
+                return None
             else:
                 label, recipients = "SUCCESS", self.email.success_list
         elif status in (RunStatus.FAILED, RunStatus.STOPPED):
             label, recipients = ("FAILURE" if status == RunStatus.FAILED else "WARNING"), self.email.failure_list
         else:
-            return
+            return None
         if not recipients:
             log.debug("no %s mail for %s: the list is empty", label, job)
+            return None
+        return label, recipients
+
+    def run_ended(self, job: str, run: dict[str, Any], *, warnings: bool, log_text: str) -> None:
+        status = run["status"]
+        chosen = self.run_mail(job, status, warnings=warnings, no_success_email=bool(run.get("no_success_email")))
+        if chosen is None:
             return
+        label, recipients = chosen
         email = self.email
         start = run.get("start_ts")
         fields = {**run, "start_local": _local(start)}

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -32,11 +33,17 @@ class RunLog:
         os.chmod(path, 0o640)
         self._flush_handle: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
+        self._second = -1
+        self._second_text = ""
 
     def write(self, text: str, *, step: int | None = None, level: str = "INFO") -> None:
         if self._file is None:
             return
-        now = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        moment = time.time()
+        second = int(moment)
+        if second != self._second:  # the date and time text changes once a second: format it then
+            self._second, self._second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        now = f"{self._second_text}.{int((moment - second) * 1000):03d}"
         where = f" [step {step}]" if step is not None else ""
         for line in text.splitlines() or [""]:
             self._file.write(f"{now} {level:<7}{where} {line}\n")

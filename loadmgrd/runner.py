@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loadmgrd.runner")
 
+# what systemd gives the daemon alone; a step must not see it (it would talk to systemd as us)
+_DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")
 _PROCESS_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -74,6 +76,9 @@ class ActiveRun:
     warnings_seen: bool = False
     queued: bool = False  # Ready, waiting for a free slot ([daemon] max_concurrent_jobs)
     last_completed: int | None = None
+    no_success_email: bool = False
+    base_env: dict[str, str] | None = None  # the steps' environment before per-step names
+    step_outputs: dict[str, str] | None = None  # %step_N% values of the run's complete steps
     terminators: list[asyncio.Future[None]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ control
@@ -116,6 +121,8 @@ class ActiveRun:
             run = await repo.run_by_key(self.run_key)
             assert run is not None
             self.total_steps = len(run["steps"])
+            self.no_success_email = bool(run["no_success_email"])
+            self.step_outputs = None  # built from this fresh copy of the run when first needed
             complete = [s["job_step"] for s in run["steps"] if StepStatus(s["status"]).is_complete]
             self.done_steps = len(complete)
             self.last_completed = run.get("last_completed_step") or (max(complete) if complete else None)
@@ -293,6 +300,8 @@ class ActiveRun:
             self.log.write(outcome, step=number, level=level)
             self.log.flush()
             row.update(status=status.value, output=result.output)
+            if self.step_outputs is not None and status.is_complete and result.output is not None:
+                self.step_outputs[f"step_{number}"] = result.output
             run_fields: dict[str, Any] = {"current_step": number}
             if result.variables_changed:
                 run_fields["variables"] = run["variables"]
@@ -446,9 +455,13 @@ class ActiveRun:
             if variables.get(key):
                 values[key] = str(variables[key])
         values.update(variables.get("step_outputs", {}))
-        for step in run["steps"]:
-            if step.get("output") is not None and StepStatus(step["status"]).is_complete:
-                values[f"step_{step['job_step']}"] = step["output"]
+        if self.step_outputs is None:
+            self.step_outputs = {
+                f"step_{step['job_step']}": step["output"]
+                for step in run["steps"]
+                if step.get("output") is not None and StepStatus(step["status"]).is_complete
+            }
+        values.update(self.step_outputs)
         delimiter = self.engine.config.jobs.variable_delimiter
         text = f"{row['job_step_command']} {row['job_step_args']}"
         for match in re.finditer(re.escape(delimiter) + r"([A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)", text):
@@ -462,12 +475,15 @@ class ActiveRun:
         return values
 
     def _environment(self, job_step: int | None, run: Mapping[str, Any]) -> dict[str, str]:
-        env = dict(os.environ)
-        for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"):
-            env.pop(name, None)
-        env["LOADMGR_JOB"] = self.job_name
-        env["LOADMGR_RUN_ID"] = self.run_id
-        env["LOADMGR_LOG_FILE"] = str(self.log.path)
+        if self.base_env is None:  # once per run: decoding os.environ costs more than copying a dict
+            base = dict(os.environ)
+            for name in _DAEMON_ONLY_ENV:
+                base.pop(name, None)
+            base["LOADMGR_JOB"] = self.job_name
+            base["LOADMGR_RUN_ID"] = self.run_id
+            base["LOADMGR_LOG_FILE"] = str(self.log.path)
+            self.base_env = base
+        env = dict(self.base_env)
         if job_step is not None:
             env["LOADMGR_STEP"] = str(job_step)
         variables: Mapping[str, Any] = run.get("variables") or {}
@@ -522,6 +538,11 @@ class ActiveRun:
         if notifier is None:
             return
         try:
+            wanted = notifier.run_mail(
+                self.job_name, self.status.value, warnings=self.warnings_seen, no_success_email=self.no_success_email
+            )
+            if wanted is None:
+                return  # nothing to send: the run and its log need not be read
             run = await self.engine.repo.run_by_key(self.run_key)
             if run is not None:
                 text = await asyncio.to_thread(read_log, run["log_file"])

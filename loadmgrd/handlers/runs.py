@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import Annotated, Any
@@ -213,7 +212,7 @@ async def watch(ctx: Context, params: WatchParams) -> dict[str, Any]:
         rows = await engine.status_rows(params.names)
         if all(RunStatus(r["status"]).is_active for r in rows):
             # Coalesce bursts (a run of short steps changes many times a second): progress goes
-            # out at most 1/WATCH_COALESCE times a second; an ending is answered at once.
-            await asyncio.sleep(WATCH_COALESCE)
+            # out at most 1/WATCH_COALESCE times a second; a run's end cuts the wait short.
+            await engine.wait_ended(WATCH_COALESCE)
         version = engine.version
     return {"version": version, "runs": await engine.status_rows(params.names), "pid": os.getpid()}
