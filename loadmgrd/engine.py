@@ -65,6 +65,7 @@ class Engine:
         self._daemon = daemon
         self.watcher = FileWatcher()
         self.runs: dict[int, ActiveRun] = {}
+        self._starting: set[int] = set()  # job keys with a start request in progress
         self.accepting = True
         self._running_slots = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -205,6 +206,21 @@ class Engine:
         return {"name": name, "group": is_group, "results": results}
 
     async def _start_one(self, job: Row, options: StartOptions) -> dict[str, Any]:
+        """Start (or resume, or describe) one job's run. Two requests for the same job never
+        interleave: the check that the job is free and the launch are separated by awaits, so
+        a second request arriving meanwhile is refused as already running."""
+        job_key = job["job_key"]
+        if options.dry_run:  # reads only
+            return await self._start_free_job(job, options)
+        if job_key in self._starting:
+            raise AlreadyRunning(f"job {job['job_name']!r} is already being started by another request")
+        self._starting.add(job_key)
+        try:
+            return await self._start_free_job(job, options)
+        finally:
+            self._starting.discard(job_key)
+
+    async def _start_free_job(self, job: Row, options: StartOptions) -> dict[str, Any]:
         job_key, job_name = job["job_key"], job["job_name"]
         if self.recovery is not None and not self.recovery.done():
             await asyncio.shield(self.recovery)  # no step may run while its crashed twin still does

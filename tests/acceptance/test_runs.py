@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -657,6 +659,35 @@ def test_start_while_running_is_refused(daemon: Daemon, tmp_path: Path, gate: Ca
     assert current_run(daemon, "twice_job")["run_id"] == run_id
     blocker.open()
     wait_for_status(daemon, "twice_job", "Completed")
+
+
+def test_simultaneous_starts_of_one_job_start_it_once(
+    daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]
+) -> None:
+    blocker = gate("race")
+    import_job(daemon, tmp_path, "race_job", [step(10, blocker.command())])
+    replies: list[dict[str, Any]] = []
+    ready = threading.Barrier(12)
+
+    def start() -> None:
+        ready.wait()
+        replies.append(daemon.rpc("start", {"name": "race_job"}))
+
+    threads = [threading.Thread(target=start) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    started = [r["result"]["results"][0]["run_id"] for r in replies if "result" in r]
+    refused = [r["error"]["message"] for r in replies if "error" in r]
+    assert len(started) == 1, replies
+    assert len(refused) == 11 and all("already" in m for m in refused), refused
+    blocker.wait_started(daemon, "race_job")
+    blocker.open()
+    wait_for_status(daemon, "race_job", "Completed")
+    assert current_run(daemon, "race_job")["run_id"] == started[0]
+    # history holds the current run and every archived one: no twin run was created and archived
+    assert [r["run_id"] for r in daemon.json("history", "race_job", "-n", "20")] == started
 
 
 def test_unknown_step_function_fails_the_run_even_with_ignore_error(daemon: Daemon, tmp_path: Path) -> None:
