@@ -65,7 +65,7 @@ class Engine:
         self._daemon = daemon
         self.watcher = FileWatcher()
         self.runs: dict[int, ActiveRun] = {}
-        self._starting: set[int] = set()  # job keys with a start request in progress
+        self._starting: dict[int, str] = {}  # jobs (key: name) with a start request in progress
         self.accepting = True
         self._running_slots = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -88,7 +88,8 @@ class Engine:
     # ------------------------------------------------------------------ registry
 
     def is_executing(self, job_name: str) -> bool:
-        return any(r.job_name == job_name for r in self.runs.values())
+        """A run of the job is owned by the daemon, or a request is starting one."""
+        return job_name in self._starting.values() or any(r.job_name == job_name for r in self.runs.values())
 
     def active(self, job_key: int) -> ActiveRun | None:
         return self.runs.get(job_key)
@@ -214,11 +215,11 @@ class Engine:
             return await self._start_free_job(job, options)
         if job_key in self._starting:
             raise AlreadyRunning(f"job {job['job_name']!r} is already being started by another request")
-        self._starting.add(job_key)
+        self._starting[job_key] = job["job_name"]
         try:
             return await self._start_free_job(job, options)
         finally:
-            self._starting.discard(job_key)
+            del self._starting[job_key]
 
     async def _start_free_job(self, job: Row, options: StartOptions) -> dict[str, Any]:
         job_key, job_name = job["job_key"], job["job_name"]
@@ -244,6 +245,8 @@ class Engine:
             plan = plan_resume(current, events, options.step_range, options.skips, self.config.jobs.queue_size_limit)
         else:
             steps = options.one_off_steps if options.one_off_steps is not None else await self.repo.job_steps(job_key)
+            if not steps:  # an imported job has steps: this one was removed by a request meanwhile
+                raise NotFound(f"job {job_name!r} was removed while it was being started")
             plan = plan_fresh(
                 steps, events, options.step_range or StepRange(), options.skips, self.config.jobs.queue_size_limit
             )

@@ -396,6 +396,9 @@ class Repository:
         """Archive the job's previous run (if any) and insert the new one with its frozen steps
         and events, in one transaction. Returns the new run key."""
         async with self._tx() as conn:
+            async with conn.execute("SELECT 1 FROM job WHERE job_key = ?", (run.job_key,)) as cur:
+                if await cur.fetchone() is None:  # removed by a request that ran meanwhile
+                    raise NotFound("the job was removed while it was being started")
             await self._archive_current(conn, run.job_key)
             run.run_id = await self._unique_run_id(conn, run.job_key, run.run_id)
             cur = await conn.execute(

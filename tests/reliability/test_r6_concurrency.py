@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from loadmgrd.errors import ErrorCode
 from tests.conftest import PYTHON, Daemon
 from tests.reliability.support import (
     BASE_SEED,
@@ -31,6 +32,7 @@ from tests.reliability.support import (
     call,
     job_csv,
     request,
+    rpc,
     sized,
     step,
     wait_for_status,
@@ -215,3 +217,49 @@ def test_fifty_clients_and_twenty_running_jobs(daemon_factory: DaemonFactory, tm
     print(
         f"R6: {len(replies)} client requests, {len(ctl_results)} loadmgrctl calls, {len(started)} runs in {took:.1f} s"
     )
+
+
+RACE_TRIALS = sized(40, 200)
+
+
+def test_start_racing_remove_and_other_starts_gets_clear_answers(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    """Each trial fires, at one moment, three starts and a remove of the same job, whose one step
+    blocks until released. Whatever order they land in: at most one run starts, every refusal is
+    an ordinary one (never an internal error), and the daemon logs no traceback."""
+    d = daemon_factory()
+    d.start()
+    internal = int(ErrorCode.INTERNAL_ERROR)
+    for trial in range(RACE_TRIALS):
+        release = tmp_path / f"release-{trial}"
+        content = job_csv([step(1, f"while [ ! -e {release} ]; do sleep 0.02; done")])
+        call(d, "job.import", {"job": "r6-race", "file_name": "r6.csv", "content": content, "force": True})
+        barrier = threading.Barrier(4)
+        replies: dict[str, dict[str, Any]] = {}
+
+        def fire(
+            label: str,
+            method: str,
+            params: dict[str, Any],
+            barrier: threading.Barrier = barrier,
+            replies: dict[str, dict[str, Any]] = replies,
+        ) -> None:
+            barrier.wait()
+            replies[label] = rpc(d, method, params)
+
+        threads = [threading.Thread(target=fire, args=(f"start{n}", "start", {"name": "r6-race"})) for n in range(3)]
+        threads.append(threading.Thread(target=fire, args=("remove", "job.remove", {"job": "r6-race"})))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        started = [r for label, r in replies.items() if label.startswith("start") and "result" in r]
+        assert len(started) <= 1, f"trial {trial}: {replies}"
+        for reply in replies.values():
+            if "error" in reply:
+                assert reply["error"]["code"] != internal, f"trial {trial}: {replies}"
+        release.touch()
+        if "error" in replies["remove"]:  # a start won: its run ends, then the job goes
+            wait_for_status(d, "r6-race", "Completed", timeout=WAIT_TIMEOUT)
+            call(d, "job.remove", {"job": "r6-race"})
+    assert "Traceback" not in d.log(), d.log()[-5000:]
+    assert call(d, "repo.check")["ok"] is True
