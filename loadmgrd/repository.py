@@ -1127,7 +1127,6 @@ _RUN_STEP_COLS = ", ".join(
         "output",
         "message",
         "pgid",
-        "pgid_started",
     )
 )
 _RUN_EVENT_COLS = "run_key, event_name, action_type, event_type, event_item, status, status_ts"
