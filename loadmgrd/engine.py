@@ -66,6 +66,8 @@ class Engine:
         self.watcher = FileWatcher()
         self.runs: dict[int, ActiveRun] = {}
         self._starting: dict[int, str] = {}  # jobs (key: name) with a start request in progress
+        self._no_starts = asyncio.Event()  # set while _starting is empty (shutdown waits for it)
+        self._no_starts.set()
         self.accepting = True
         self._running_slots = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -213,13 +215,18 @@ class Engine:
         job_key = job["job_key"]
         if options.dry_run:  # reads only
             return await self._start_free_job(job, options)
+        if not self.accepting:  # checked per job: a group start may be under way when shutdown begins
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "loadmgrd is shutting down and starts no new run")
         if job_key in self._starting:
             raise AlreadyRunning(f"job {job['job_name']!r} is already being started by another request")
         self._starting[job_key] = job["job_name"]
+        self._no_starts.clear()
         try:
             return await self._start_free_job(job, options)
         finally:
             del self._starting[job_key]
+            if not self._starting:
+                self._no_starts.set()
 
     async def _start_free_job(self, job: Row, options: StartOptions) -> dict[str, Any]:
         job_key, job_name = job["job_key"], job["job_name"]
@@ -462,12 +469,15 @@ class Engine:
         """Stop every run: terminate running steps (TERM, then KILL after the grace period) and
         record the runs as Stopped, resumable. No step process is left behind."""
         self.accepting = False
+        grace = self.config.daemon.stop_grace_period
+        # A start already past its checks launches its run; wait for it, so that run is stopped too.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_starts.wait(), grace + 5)
         runs = list(self.runs.values())
         for run in runs:
             run.reason = "loadmgrd shut down"
             run.request(stop=True, now=True)
         tasks = [r.task for r in runs if r.task is not None]
-        grace = self.config.daemon.stop_grace_period
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace + 5)
             for task in pending:

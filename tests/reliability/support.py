@@ -262,13 +262,13 @@ def lines_of(path: Path) -> list[str]:
 # ---------------------------------------------------------------------------- the repository file
 
 
-def _connect_ro(database: Path) -> sqlite3.Connection:
+def connect_ro(database: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
 
 
 def db_dump(database: Path) -> dict[str, list[str]]:
     """Every row of every table (sqlite_master and sqlite_sequence included), read-only."""
-    with contextlib.closing(_connect_ro(database)) as conn:
+    with contextlib.closing(connect_ro(database)) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         dump = {t: sorted(repr(r) for r in conn.execute(f'SELECT * FROM "{t}"')) for t in tables}
         dump["sqlite_master"] = sorted(repr(r) for r in conn.execute("SELECT * FROM sqlite_master"))
@@ -287,7 +287,7 @@ def dump_difference(before: dict[str, list[str]], after: dict[str, list[str]]) -
 
 def integrity_problems(database: Path) -> list[str]:
     """``PRAGMA integrity_check`` and ``foreign_key_check`` on the file, opened read-only."""
-    with contextlib.closing(_connect_ro(database)) as conn:
+    with contextlib.closing(connect_ro(database)) as conn:
         integrity = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
         foreign = [repr(r) for r in conn.execute("PRAGMA foreign_key_check")]
     return ([] if integrity == ["ok"] else integrity) + foreign

@@ -27,14 +27,18 @@ import pytest
 
 from tests.reliability.support import (
     WAIT_TIMEOUT,
+    Conn,
     DaemonFactory,
     call,
+    connect_ro,
     import_job,
     is_alive,
+    job_csv,
     kill_group,
     lines_of,
     live_group_members,
     processes_with_env,
+    request,
     run_of,
     step,
     wait_for_status,
@@ -178,3 +182,49 @@ def test_graceful_shutdown_leaves_no_process_and_resumable_runs(
     assert lines_of(out["idle"]) == ["10"]
     for pgid in pgids:
         kill_group(pgid)
+
+
+GROUP_JOBS = 120
+
+
+def test_sigterm_during_a_group_start_stops_every_run_it_started(
+    daemon_factory: DaemonFactory, tmp_path: Path, groups_to_kill: list[int]
+) -> None:
+    """SIGTERM while a start of a large group is still launching its jobs: the runs it launched
+    are Stopped like any other (none left Ready or Running for the next daemon to call a crash),
+    the jobs not reached yet are refused as shutting down, and no step process survives."""
+    d = daemon_factory(daemon_keys={"stop_grace_period": str(GRACE), "max_concurrent_jobs": str(GROUP_JOBS)})
+    d.start()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    command = f'touch {q(str(marks))}/"$LOADMGR_JOB"; echo $$ > {q(str(marks))}/"$LOADMGR_JOB.pgid"; sleep 600'
+    content = job_csv([step(10, command)])
+    for n in range(GROUP_JOBS):
+        call(d, "job.import", {"job": f"r2-big-{n:03d}", "group": "r2-big", "file_name": "big.csv", "content": content})
+    with Conn(d.socket, timeout=WAIT_TIMEOUT) as conn:
+        conn.request(request("start", {"name": "r2-big"}))
+        wait_until((marks / "r2-big-000").exists, WAIT_TIMEOUT, "the group's first step running")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        reply = conn.read_json()
+        code = d.proc.wait(timeout=GRACE + 20)
+    d.proc = None
+    groups_to_kill.extend(int(p.read_text()) for p in marks.glob("*.pgid") if p.read_text().strip())
+    assert code == 0, f"exit {code}:\n{d.log()[-3000:]}"
+    assert "Traceback" not in d.log(), d.log()[-5000:]
+
+    results = {r["job"]: r for r in reply["result"]["results"]}
+    started = sorted(job for job, r in results.items() if r["started"])
+    refused = {job: r["message"] for job, r in results.items() if not r["started"]}
+    assert started and len(started) + len(refused) == GROUP_JOBS, reply
+    assert all("shutting down" in message for message in refused.values()), refused
+    with connect_ro(d.database) as db:
+        statuses = dict(
+            db.execute("SELECT j.job_name, r.status FROM job j JOIN job_run r ON r.job_key = j.job_key").fetchall()
+        )
+    assert sorted(statuses) == started, "a run exists exactly for each job the start reported started"
+    assert set(statuses.values()) == {"Stopped"}, {s: list(statuses.values()).count(s) for s in set(statuses.values())}
+    for job in started:
+        run_id = results[job]["run_id"]
+        left = wait_gone(lambda run_id=run_id: processes_with_env(f"LOADMGR_RUN_ID={run_id}"), 2)
+        assert left == [], f"processes of run {run_id} survived: {left}"
