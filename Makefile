@@ -30,6 +30,7 @@ run: install
 
 lint: install-test
 	$(BIN)/ruff check loadmgrd loadmgrctl tests bench
+	$(BIN)/ruff format --check loadmgrd loadmgrctl tests bench
 
 typecheck: install-test
 	$(BIN)/mypy

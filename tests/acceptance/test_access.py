@@ -27,9 +27,7 @@ from tests.conftest import PYTHON, Daemon
 
 ADMIN_GROUP = "loadmgr-test-admins"  # conftest's make_daemon() config sets this admin_group
 PERMISSION_DENIED = 1003
-JOB_CSV = (
-    "job_step,job_step_function,job_step_command\n10,run_command,true\n20,run_command,echo hello\n"
-)
+JOB_CSV = "job_step,job_step_function,job_step_command\n10,run_command,true\n20,run_command,echo hello\n"
 
 # A tiny client run as the other user: one fresh connection per stdin line, replies as one JSON document.
 RAW_CLIENT = r"""
@@ -92,9 +90,7 @@ def nobody() -> OtherUser:
     return user
 
 
-def raw_as(
-    user: OtherUser, d: Daemon, requests: list[Any], *, groups: list[int] | None = None
-) -> list[dict[str, Any]]:
+def raw_as(user: OtherUser, d: Daemon, requests: list[Any], *, groups: list[int] | None = None) -> list[dict[str, Any]]:
     """Send each request (one per connection) as ``user``; the decoded replies, in order."""
     lines = [r if isinstance(r, str) else json.dumps(r) for r in requests]
     result = subprocess.run(
@@ -131,10 +127,7 @@ def ctl_as(user: OtherUser, d: Daemon, *args: str) -> subprocess.CompletedProces
 def db_snapshot(database: Path) -> dict[str, list[str]]:
     """Every row of every table, read straight from the SQLite file (read-only)."""
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-        tables = [
-            row[0]
-            for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        ]
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         return {t: sorted(repr(r) for r in conn.execute(f'SELECT * FROM "{t}"')) for t in tables}
 
 
@@ -372,9 +365,7 @@ def test_admin_group_membership_grants_admin(nobody: OtherUser, populated: Daemo
     assert populated.rpc("process.view", {"name": "grp-proc"})["error"]["code"] == 1001
 
 
-def ctl_as_groups(
-    user: OtherUser, d: Daemon, groups: list[int], *args: str
-) -> subprocess.CompletedProcess[str]:
+def ctl_as_groups(user: OtherUser, d: Daemon, groups: list[int], *args: str) -> subprocess.CompletedProcess[str]:
     command = user.command([PYTHON, "-m", "loadmgrctl", "--socket", str(d.socket), *args], groups=groups)
     return subprocess.run(command, env=d.env(), capture_output=True, text=True, timeout=60, check=False)
 

@@ -210,17 +210,11 @@ def test_example_config_file_loads() -> None:
 @pytest.mark.parametrize(
     ("line", "attribute", "expected"),
     [
-        pytest.param(
-            "[logging]\ndate_format = %Y%m%d\n", ("logging", "date_format"), "%Y%m%d", id="date-format"
-        ),
-        pytest.param(
-            "[logging]\ndate_format = %(x)s %\n", ("logging", "date_format"), "%(x)s %", id="named-style"
-        ),
+        pytest.param("[logging]\ndate_format = %Y%m%d\n", ("logging", "date_format"), "%Y%m%d", id="date-format"),
+        pytest.param("[logging]\ndate_format = %(x)s %\n", ("logging", "date_format"), "%(x)s %", id="named-style"),
         pytest.param("[logging]\nprefix = 100%_\n", ("logging", "prefix"), "100%_", id="lone-percent"),
         pytest.param("[jobs]\nvariable_delimiter = %\n", ("jobs", "variable_delimiter"), "%", id="delimiter"),
-        pytest.param(
-            "[daemon]\nadmin_group = %(admin)s\n", ("daemon", "admin_group"), "%(admin)s", id="group"
-        ),
+        pytest.param("[daemon]\nadmin_group = %(admin)s\n", ("daemon", "admin_group"), "%(admin)s", id="group"),
     ],
 )
 def test_percent_is_literal(tmp_path: Path, line: str, attribute: tuple[str, str], expected: str) -> None:
@@ -272,9 +266,7 @@ def test_absolute_path_is_kept(tmp_path: Path) -> None:
 def test_path_variables_and_home_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LM_DATA", str(tmp_path / "data"))
-    config = load_config(
-        write(tmp_path, "[repository]\ndatabase = $LM_DATA/x.db\n[logging]\nlocation = ~/logs\n")
-    )
+    config = load_config(write(tmp_path, "[repository]\ndatabase = $LM_DATA/x.db\n[logging]\nlocation = ~/logs\n"))
     assert config.repository.database == tmp_path / "data" / "x.db"
     assert config.logging.location == tmp_path / "home" / "logs"
 
@@ -321,10 +313,7 @@ def test_email_lists_split_on_commas(tmp_path: Path, text: str, expected: list[s
     ],
 )
 def test_job_file_delimiter(tmp_path: Path, text: str, expected: str) -> None:
-    assert (
-        load_config(write(tmp_path, f"[jobs]\njob_file_delimiter = {text}\n")).jobs.job_file_delimiter
-        == expected
-    )
+    assert load_config(write(tmp_path, f"[jobs]\njob_file_delimiter = {text}\n")).jobs.job_file_delimiter == expected
 
 
 def test_keys_are_case_insensitive(tmp_path: Path) -> None:
@@ -366,9 +355,7 @@ def test_targets(tmp_path: Path, text: str, urls: dict[str, str], default: str |
 
 
 def test_default_target_with_capitals(tmp_path: Path) -> None:
-    config = load_config(
-        write(tmp_path, "[targets]\nWarehouse = postgresql://h/db\ndefault_target = Warehouse\n")
-    )
+    config = load_config(write(tmp_path, "[targets]\nWarehouse = postgresql://h/db\ndefault_target = Warehouse\n"))
     assert config.targets.default_target is not None
     assert config.targets.default_target.lower() == "warehouse"
 
@@ -407,18 +394,14 @@ ERRORS = [
         ["daemon.max_concurrent_jobs", "greater than or equal to 1"],
         id="int-too-small",
     ),
-    pytest.param(
-        "[daemon]\nmax_request_bytes = 100\n", 2, ["daemon.max_request_bytes"], id="request-bytes-small"
-    ),
+    pytest.param("[daemon]\nmax_request_bytes = 100\n", 2, ["daemon.max_request_bytes"], id="request-bytes-small"),
     pytest.param(
         "[email]\n\nsmtp_port = 70000\n",
         3,
         ["email.smtp_port", "less than or equal to 65535"],
         id="port-too-big",
     ),
-    pytest.param(
-        "[repository]\nbusy_timeout = soon\n", 2, ["repository.busy_timeout", "valid number"], id="bad-float"
-    ),
+    pytest.param("[repository]\nbusy_timeout = soon\n", 2, ["repository.busy_timeout", "valid number"], id="bad-float"),
     pytest.param(
         "[repository]\nbusy_timeout = 0\n",
         2,
@@ -444,9 +427,7 @@ ERRORS = [
         ["daemon.socket_mode", "'1777' is not a file mode between"],
         id="socket-mode-too-big",
     ),
-    pytest.param(
-        "[daemon]\nlog_level = LOUD\n", 2, ["daemon.log_level", "must be one of DEBUG"], id="log-level"
-    ),
+    pytest.param("[daemon]\nlog_level = LOUD\n", 2, ["daemon.log_level", "must be one of DEBUG"], id="log-level"),
     pytest.param(
         "[email]\nlogging_level = DEBUG\n",
         2,
@@ -505,9 +486,7 @@ ERRORS = [
     ),
     pytest.param("[jobs]\njob_file_delimiter =\n", 2, ["jobs.job_file_delimiter"], id="delimiter-empty"),
     pytest.param('[jobs]\njob_file_delimiter = "\n', 2, ["jobs.job_file_delimiter"], id="delimiter-quote"),
-    pytest.param(
-        "[jobs]\n\nvariable_delimiter = %%\n", 3, ["jobs.variable_delimiter"], id="variable-delimiter"
-    ),
+    pytest.param("[jobs]\n\nvariable_delimiter = %%\n", 3, ["jobs.variable_delimiter"], id="variable-delimiter"),
     pytest.param(
         "[logging]\nprefix = ../evil_\n",
         2,

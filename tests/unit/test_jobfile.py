@@ -280,9 +280,7 @@ def test_decode_bad_byte_after_bom_is_located() -> None:
 # --------------------------------------------------------------------------- bad CSV
 
 BAD_CSV = [
-    pytest.param(
-        "1,run_command,a\n", ",", 1, 1, "missing header: the first record must name", id="no-header"
-    ),
+    pytest.param("1,run_command,a\n", ",", 1, 1, "missing header: the first record must name", id="no-header"),
     pytest.param(
         "# comment\n\n1,run_command,a\n2,run_command,b\n",
         ",",
@@ -455,9 +453,7 @@ BAD_CSV = [
 
 
 @pytest.mark.parametrize(("content", "delimiter", "line", "column", "fragment"), BAD_CSV)
-def test_parse_bad_csv(
-    content: str, delimiter: str, line: int, column: str | int | None, fragment: str
-) -> None:
+def test_parse_bad_csv(content: str, delimiter: str, line: int, column: str | int | None, fragment: str) -> None:
     err = parse_error(content, delimiter=delimiter)
     assert_names_file(err)
     assert (err.line, err.column) == (line, column)
@@ -589,9 +585,7 @@ def test_parse_whole_file_errors(content: str, column: str, problem: str) -> Non
 @pytest.mark.parametrize(
     ("content", "line"),
     [
-        pytest.param(
-            f"{WAIT_HEADER}\n1,run_command,a,0,0\n\n2,run_command,b,5,0\n", 4, id="wait-step-missing"
-        ),
+        pytest.param(f"{WAIT_HEADER}\n1,run_command,a,0,0\n\n2,run_command,b,5,0\n", 4, id="wait-step-missing"),
         pytest.param(f"{WAIT_HEADER}\n1,run_command,a,0,0\n2,run_command,b,2,0\n", 3, id="waits-for-itself"),
         pytest.param(f"{HEADER},job_step_args\n# c\n1,run_command,a,novalue\n", 3, id="bad-args"),
     ],
@@ -721,9 +715,7 @@ def _steps_doc(*items: str) -> str:
 
 
 BAD_JSON = [
-    pytest.param(
-        '{"steps": [\n  {"job_step": 1,,}\n]}', 2, 18, "invalid JSON: Expecting property name", id="syntax"
-    ),
+    pytest.param('{"steps": [\n  {"job_step": 1,,}\n]}', 2, 18, "invalid JSON: Expecting property name", id="syntax"),
     pytest.param('{"steps": [\n', 2, 1, "invalid JSON: Expecting value", id="truncated"),
     pytest.param('{"steps": []}\n{}', 2, 1, "invalid JSON: Extra data", id="extra-data"),
     pytest.param(
@@ -766,9 +758,7 @@ BAD_JSON = [
         id="bool-text",
     ),
     pytest.param(
-        _steps_doc(
-            '{"job_step": 1, "job_step_function": "run_command", "job_step_command": "a",\n   "skip_step": 2}'
-        ),
+        _steps_doc('{"job_step": 1, "job_step_function": "run_command", "job_step_command": "a",\n   "skip_step": 2}'),
         3,
         "skip_step",
         "steps[0]: 2 is not a boolean",
@@ -793,8 +783,7 @@ BAD_JSON = [
     ),
     pytest.param(
         _steps_doc(
-            '{"job_step": 1, "job_step_function": "run_command", "job_step_command": "a",\n'
-            '   "job_step_args": [1, 2]}'
+            '{"job_step": 1, "job_step_function": "run_command", "job_step_command": "a",\n   "job_step_args": [1, 2]}'
         ),
         3,
         "job_step_args",
@@ -841,9 +830,7 @@ BAD_JSON = [
         "steps[1]: step 1 is already defined in steps[0]",
         id="duplicate-step",
     ),
-    pytest.param(
-        '{"steps": {"job_step": 1}}', 1, 1, 'must be an object with a "steps" list', id="steps-not-list"
-    ),
+    pytest.param('{"steps": {"job_step": 1}}', 1, 1, 'must be an object with a "steps" list', id="steps-not-list"),
     pytest.param('{"steps": null}', 1, 1, 'must be an object with a "steps" list', id="steps-null"),
     pytest.param('{"job_name": "x"}', 1, 1, 'must be an object with a "steps" list', id="no-steps-key"),
     pytest.param(
@@ -883,10 +870,8 @@ def test_json_empty_steps_list() -> None:
 
 def test_json_wait_step_cycle() -> None:
     content = _steps_doc(
-        '{"job_step": 10, "job_step_function": "run_command", "job_step_command": "a",'
-        ' "job_step_wait_step": 20}',
-        '{"job_step": 20, "job_step_function": "run_command", "job_step_command": "b",'
-        ' "job_step_wait_step": 10}',
+        '{"job_step": 10, "job_step_function": "run_command", "job_step_command": "a", "job_step_wait_step": 20}',
+        '{"job_step": 20, "job_step_function": "run_command", "job_step_command": "b", "job_step_wait_step": 10}',
     )
     err = parse_error(content, file=JFILE)
     assert err.column == "job_step_wait_step"
@@ -923,9 +908,7 @@ def test_parse_deep_nesting_is_a_job_file_error(content: str) -> None:
 
 def test_json_huge_integer_is_a_job_file_error() -> None:
     content = (
-        '{"steps": [{"job_step": '
-        + "1" * 5000
-        + ', "job_step_function": "run_command", "job_step_command": "a"}]}'
+        '{"steps": [{"job_step": ' + "1" * 5000 + ', "job_step_function": "run_command", "job_step_command": "a"}]}'
     )
     with pytest.raises(JobFileError):
         jobfile.parse(content, JFILE)
@@ -1002,9 +985,7 @@ def test_json_round_trip(steps: list[StepDef]) -> None:
 
 def test_to_csv_layout() -> None:
     text = jobfile.to_csv([step(1, "a,b", job_step_ignore_error=True)], job="nightly")
-    assert text == (
-        f"# loadmgr job file for nightly\n{FULL_HEADER}\n1,,run_command,a\\,b,,True,False,0,0,False\n"
-    )
+    assert text == (f"# loadmgr job file for nightly\n{FULL_HEADER}\n1,,run_command,a\\,b,,True,False,0,0,False\n")
     assert jobfile.parse(text, FILE).steps == [step(1, "a,b", job_step_ignore_error=True)]
 
 
@@ -1084,9 +1065,7 @@ def test_json_round_trip_property(steps: list[StepDef]) -> None:
     [
         pytest.param([step(1)], {1: ()}, id="single-step"),
         pytest.param([step(1), step(2), step(3)], {1: (), 2: (1,), 3: (2,)}, id="sequential"),
-        pytest.param(
-            [step(30), step(10), step(20)], {10: (), 20: (10,), 30: (20,)}, id="sequential-by-number"
-        ),
+        pytest.param([step(30), step(10), step(20)], {10: (), 20: (10,), 30: (20,)}, id="sequential-by-number"),
         pytest.param(
             [step(10), step(20), step(30, job_step_wait_step=10), step(40)],
             {10: (), 20: (10,), 30: (10,), 40: (30,)},

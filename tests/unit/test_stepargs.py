@@ -53,9 +53,7 @@ def test_parse_args_good(text: str, expected: dict[str, str]) -> None:
             "step args are not valid JSON: Expecting ':' delimiter at column 6",
             id="bad-json-colon",
         ),
-        pytest.param(
-            '{"a": 1} x', "step args are not valid JSON: Extra data at column 10", id="json-extra-data"
-        ),
+        pytest.param('{"a": 1} x', "step args are not valid JSON: Extra data at column 10", id="json-extra-data"),
         pytest.param("novalue", "step arg 'novalue' is not in key=value form", id="token-without-equals"),
         pytest.param("a=1 novalue b=2", "step arg 'novalue' is not in key=value form", id="middle-token"),
         pytest.param("=v", "step arg '=v' is not in key=value form", id="empty-key"),
