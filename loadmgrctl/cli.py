@@ -369,7 +369,7 @@ def status(job: Annotated[str, typer.Argument(help="Job name.")], as_json: JsonO
             + (f" — {run['status_reason']}" if run.get("status_reason") else ""),
             "run id": run["run_id"],
             "steps": f"{run['start_step']}–{run['end_step']}",
-            "running": ", ".join(str(n) for n in run["running_steps"]),
+            "running steps": ", ".join(str(n) for n in run["running_steps"]) or "none",
             "last completed step": run["last_completed_step"],
             "start": output.local_time(run["start_ts"]),
             "end": output.local_time(run["end_ts"]),

@@ -661,6 +661,19 @@ def test_start_while_running_is_refused(daemon: Daemon, tmp_path: Path, gate: Ca
     wait_for_status(daemon, "twice_job", "Completed")
 
 
+def test_status_names_the_running_steps(daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]) -> None:
+    blocker = gate("shown")
+    import_job(daemon, tmp_path, "shown_job", [step(10, "true"), step(20, blocker.command())])
+    daemon.ok("start", "shown_job")
+    blocker.wait_started(daemon, "shown_job")
+    running = [line for line in daemon.ok("status", "shown_job").splitlines() if line.startswith("running steps")]
+    assert running and running[0].split()[-1] == "20", running
+    blocker.open()
+    wait_for_status(daemon, "shown_job", "Completed")
+    running = [line for line in daemon.ok("status", "shown_job").splitlines() if line.startswith("running steps")]
+    assert running and running[0].split()[-1] == "none", running
+
+
 def test_simultaneous_starts_of_one_job_start_it_once(
     daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]
 ) -> None:
