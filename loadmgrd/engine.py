@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from loadmgrd.errors import (
     AlreadyRunning,
+    Conflict,
     ErrorCode,
     InvalidInput,
     LoadmgrError,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("loadmgrd.engine")
 
 ALL = "ALL"
+START_SETTLE_TIMEOUT = 5.0  # how long stop ALL waits for the starts under way to launch their runs
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Engine:
         self._starting: dict[int, str] = {}  # jobs (key: name) with a start request in progress
         self._no_starts = asyncio.Event()  # set while _starting is empty (shutdown waits for it)
         self._no_starts.set()
+        self._stop_alls = 0  # how many stop ALL requests so far (a start under way notices a new one)
         self.accepting = True
         self._running_slots = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -184,6 +187,7 @@ class Engine:
         return jobs, True
 
     async def start(self, name: str, options: StartOptions) -> dict[str, Any]:
+        stop_alls = self._stop_alls
         if not self.accepting:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "loadmgrd is shutting down and starts no new run")
         info = await self.repo.info()
@@ -199,6 +203,8 @@ class Engine:
         results = []
         for job in jobs:
             try:
+                if self._stop_alls != stop_alls and not options.dry_run:
+                    raise Conflict("not started: a stop ALL arrived while this start was under way")
                 results.append(await self._start_one(job, options))
             except LoadmgrError as exc:
                 if isinstance(exc, AlreadyRunning) and self.notifier is not None and not options.dry_run:
@@ -382,6 +388,11 @@ class Engine:
         jobs, is_group = await self._control_targets(name)
         results = []
         if name == ALL:
+            # Starts under way (a large group, say) launch no further job from now on; the one at
+            # hand finishes launching its run, which is then stopped with the rest.
+            self._stop_alls += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_starts.wait(), START_SETTLE_TIMEOUT)
             return [await self._stop_active(active, now) for active in list(self.runs.values())]
         for job in jobs:
             run = self.runs.get(job["job_key"])
