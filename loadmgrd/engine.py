@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("loadmgrd.engine")
 
 ALL = "ALL"
-START_SETTLE_TIMEOUT = 5.0  # how long stop ALL waits for the starts under way to launch their runs
+START_SETTLE_TIMEOUT = 5.0  # how long a stop waits for the starts under way to launch their runs
 
 
 @dataclass
@@ -70,7 +70,10 @@ class Engine:
         self._starting: dict[int, str] = {}  # jobs (key: name) with a start request in progress
         self._no_starts = asyncio.Event()  # set while _starting is empty (shutdown waits for it)
         self._no_starts.set()
-        self._stop_alls = 0  # how many stop ALL requests so far (a start under way notices a new one)
+        # Stops are numbered; a start under way refuses a job stopped (by name, group or ALL) after it began.
+        self._stops = 0
+        self._job_stopped_at: dict[int, int] = {}
+        self._all_stopped_at = 0
         self.accepting = True
         self._running_slots = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -187,7 +190,7 @@ class Engine:
         return jobs, True
 
     async def start(self, name: str, options: StartOptions) -> dict[str, Any]:
-        stop_alls = self._stop_alls
+        begun = self._stops
         if not self.accepting:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "loadmgrd is shutting down and starts no new run")
         info = await self.repo.info()
@@ -203,8 +206,8 @@ class Engine:
         results = []
         for job in jobs:
             try:
-                if self._stop_alls != stop_alls and not options.dry_run:
-                    raise Conflict("not started: a stop ALL arrived while this start was under way")
+                if not options.dry_run and self._stopped_since(job["job_key"], begun):
+                    raise Conflict("not started: a stop of this job arrived while this start was under way")
                 results.append(await self._start_one(job, options))
             except LoadmgrError as exc:
                 if isinstance(exc, AlreadyRunning) and self.notifier is not None and not options.dry_run:
@@ -387,12 +390,16 @@ class Engine:
     async def stop(self, name: str, *, now: bool) -> list[dict[str, Any]]:
         jobs, is_group = await self._control_targets(name)
         results = []
+        # Starts under way (a large group, say) launch none of these jobs from now on; a start
+        # at hand finishes launching its run, which is then stopped with the rest.
+        self._stops += 1
         if name == ALL:
-            # Starts under way (a large group, say) launch no further job from now on; the one at
-            # hand finishes launching its run, which is then stopped with the rest.
-            self._stop_alls += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._no_starts.wait(), START_SETTLE_TIMEOUT)
+            self._all_stopped_at = self._stops
+        for job in jobs:
+            self._job_stopped_at[job["job_key"]] = self._stops
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_starts.wait(), START_SETTLE_TIMEOUT)
+        if name == ALL:
             return [await self._stop_active(active, now) for active in list(self.runs.values())]
         for job in jobs:
             run = self.runs.get(job["job_key"])
@@ -415,6 +422,9 @@ class Engine:
         if is_group and not results:
             raise NotRunning(f"no job of group {name!r} is running")
         return results
+
+    def _stopped_since(self, job_key: int, begun: int) -> bool:
+        return max(self._all_stopped_at, self._job_stopped_at.get(job_key, 0)) > begun
 
     async def _stop_active(self, run: ActiveRun, now: bool) -> dict[str, Any]:
         run.reason = "stopped by an operator" + (" (--now)" if now else "")
