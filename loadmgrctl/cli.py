@@ -220,11 +220,14 @@ def start(
                 output.error(f"job {r['job']} not started: {r['message']}")
             for message in r.get("warnings", []):
                 output.warn(message)
-    if wait and started:
-        raise typer.Exit(_wait_for([r["job"] for r in started], {r["job"]: r["run_id"] for r in started}))
     if not started:
         raise typer.Exit(1)
-    if len(started) < len(result["results"]):
+    some_refused = len(started) < len(result["results"])
+    if wait:
+        code = _wait_for([r["job"] for r in started], {r["job"]: r["run_id"] for r in started})
+        # A failure or a stop says more than a refusal; a refusal is not "all completed".
+        raise typer.Exit(code if code or not some_refused else 2)
+    if some_refused:
         raise typer.Exit(2)
 
 
@@ -1021,14 +1024,27 @@ def repo_info(as_json: JsonOpt = False) -> None:
     )
 
 
+# Options that take the next word as their value (the ones ``_expand_argv`` must step over).
+_VALUE_OPTIONS = frozenset({"--socket", "--config", "-s", "--step", "-j", "--job-file"})
+
+
 def _expand_argv(argv: list[str]) -> list[str]:
-    """``--tempargs a:1 b:2`` → repeated options; a bare ``--skip`` means ``--skip all``."""
+    """``--tempargs a:1 b:2`` → repeated options; a bare ``--skip`` means ``--skip all``.
+
+    ``--skip`` is bare when nothing follows it, an option follows it, or the word after it is
+    the last one and no NAME came before (``start --skip JOB``); otherwise that word is its
+    value (``start JOB --skip wait``)."""
     out: list[str] = []
+    positionals = 0
     i = 0
     while i < len(argv):
         token = argv[i]
         if token == "--":
             return out + argv[i:]
+        if token in _VALUE_OPTIONS:
+            out += argv[i : i + 2]
+            i += 2
+            continue
         if token == "--tempargs":
             i += 1
             values = []
@@ -1043,11 +1059,16 @@ def _expand_argv(argv: list[str]) -> list[str]:
             continue
         if token == "--skip":
             following = argv[i + 1] if i + 1 < len(argv) else None
-            is_last = i + 1 == len(argv) - 1
-            if following is None or following.startswith("-") or is_last:
+            name_follows = i + 1 == len(argv) - 1 and positionals < 2  # the command, then NAME
+            if following is None or following.startswith("-") or name_follows:
                 out += ["--skip", "all"]
                 i += 1
                 continue
+            out += ["--skip", following]
+            i += 2
+            continue
+        if not token.startswith("-"):
+            positionals += 1
         out.append(token)
         i += 1
     return out

@@ -29,7 +29,7 @@ from loadmgrd.filewatch import FileWatcher
 from loadmgrd.jobfile import StepDef
 from loadmgrd.planning import Plan, plan_fresh, plan_resume
 from loadmgrd.repository import NewRun, NewStep, Row
-from loadmgrd.runlog import RunLog, log_file_path
+from loadmgrd.runlog import RunLog, new_log_file
 from loadmgrd.runner import ActiveRun
 from loadmgrd.states import RunStatus
 from loadmgrd.stepargs import CONTROL_ARGS, step_control
@@ -271,7 +271,7 @@ class Engine:
         started = datetime.now(UTC)
         run_id = f"{job_key}{stamp(started)}"
         logging_config = self.config.logging
-        log_path = log_file_path(
+        log_path = new_log_file(
             logging_config.location,
             logging_config.prefix,
             logging_config.extension,
@@ -303,6 +303,8 @@ class Engine:
             run_key = await self.repo.create_run(new)
         except BaseException:
             run_log.close()
+            with contextlib.suppress(OSError):
+                log_path.unlink()  # no run owns it
             raise
         run_id = new.run_id  # made unique by the repository
         if options.one_off_file:

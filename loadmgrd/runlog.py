@@ -15,12 +15,27 @@ FLUSH_DELAY = 0.2
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def log_file_path(location: Path, prefix: str, extension: str, date_format: str, job: str, started: datetime) -> Path:
-    """``LOCATION/PREFIX<job>_<start>EXTENSION``; the job name is made file-name safe, so no name
-    can place a log outside the configured location."""
+def new_log_file(location: Path, prefix: str, extension: str, date_format: str, job: str, started: datetime) -> Path:
+    """Create a new run's log file, ``LOCATION/PREFIX<job>_<start>EXTENSION``, and return its path.
+
+    The job name is made file-name safe, so no name can place a log outside the configured
+    location. The file is created exclusively: a name already taken (two runs of a job in one
+    second, two job names made safe alike) gets ``_2``, ``_3``… before the extension, so a run
+    never shares its log with another."""
     safe_job = _UNSAFE.sub("_", job).lstrip(".") or "job"
     stamp = _UNSAFE.sub("_", started.strftime(date_format))
-    return location / f"{prefix}{safe_job}_{stamp}{extension}"
+    base = f"{prefix}{safe_job}_{stamp}"
+    location.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = location / (f"{base}{extension}" if n == 1 else f"{base}_{n}{extension}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        except FileExistsError:
+            n += 1
+            continue
+        os.close(fd)
+        return path
 
 
 class RunLog:

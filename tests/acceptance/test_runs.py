@@ -218,6 +218,58 @@ def test_group_start_with_one_job_already_running_exits_2(
     wait_for_status(daemon, "grp_part_a", "Completed")
 
 
+def test_group_start_wait_with_one_job_refused_exits_2(
+    daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]
+) -> None:
+    blocker = gate("grp_wait_part")
+    import_job(daemon, tmp_path, "grp_wpart_a", [step(10, blocker.command())], group="grp_wpart")
+    import_job(daemon, tmp_path, "grp_wpart_b", [step(10, "true")], group="grp_wpart")
+    daemon.ok("start", "grp_wpart_a")
+    blocker.wait_started(daemon, "grp_wpart_a")
+    result = start_wait(daemon, "grp_wpart")
+    # b completed, but a was refused: a caller must not read that as "all completed".
+    assert_exit(result, 2)
+    assert "already running" in result.stderr
+    assert current_run(daemon, "grp_wpart_b")["status"] == "Completed"
+    blocker.open()
+    wait_for_status(daemon, "grp_wpart_a", "Completed")
+
+
+@pytest.mark.parametrize(
+    ("words", "skipped"),
+    [
+        (["--skip", "wait", "{job}"], {"w_ev"}),
+        (["{job}", "--skip", "wait"], {"w_ev"}),
+        (["{job}", "--skip", "c_ev"], {"c_ev"}),
+        (["--skip", "w_ev", "--skip", "c_ev", "{job}"], {"w_ev", "c_ev"}),
+        (["{job}", "--skip", "all"], {"w_ev", "c_ev"}),
+        (["--skip", "{job}"], {"w_ev", "c_ev"}),
+        (["{job}", "--skip"], {"w_ev", "c_ev"}),
+        (["--skip", "--wait", "{job}"], {"w_ev", "c_ev"}),
+    ],
+)
+def test_skip_forms_before_and_after_the_name(
+    daemon: Daemon, tmp_path: Path, words: list[str], skipped: set[str]
+) -> None:
+    job = "skip_forms_" + "_".join(w.replace("-", "d").strip("{}") for w in words)
+    import_job(daemon, tmp_path, job, [step(10, "true")])
+    daemon.ok("event", "add", job, "w_ev", str(tmp_path / "never.arrives"))
+    daemon.ok("event", "add", "-a", "create", job, "c_ev", str(tmp_path / "made.flag"))
+    args = [w.format(job=job) for w in words]
+    if "w_ev" in skipped:
+        if "--wait" not in args:
+            args = ["--wait", *args]
+        assert_exit(daemon.ctl("start", *args), 0)
+    else:  # the wait event stays: the run waits for its file
+        daemon.ok("start", *args)
+        wait_for_status(daemon, job, "Waiting")
+        (tmp_path / "never.arrives").touch()
+        wait_for_status(daemon, job, "Completed")
+    events = {e["event_name"]: e["status"] for e in current_run(daemon, job)["events"]}
+    assert {name for name, status in events.items() if status == "Skipped"} == skipped, events
+    assert (tmp_path / "made.flag").exists() == ("c_ev" not in skipped)
+
+
 # ============================================================================ pause / stop / resume
 
 
@@ -596,9 +648,10 @@ def test_history_lists_runs_newest_first_with_steps_and_events(daemon: Daemon, t
 
 
 def test_run_ids_are_unique_even_for_runs_in_the_same_second(daemon: Daemon, tmp_path: Path) -> None:
-    import_job(daemon, tmp_path, "fast_runs", [step(10, "true")])
+    import_job(daemon, tmp_path, "fast_runs", [step(10, "echo ran")])
     seconds: list[str] = []
     run_ids: list[str] = []
+    log_files: list[str] = []
     deadline = time.monotonic() + 10
     # Quick runs until three of them have started within one second (the case that matters).
     while time.monotonic() < deadline:
@@ -606,6 +659,7 @@ def test_run_ids_are_unique_even_for_runs_in_the_same_second(daemon: Daemon, tmp
         wait_for_status(daemon, "fast_runs", "Completed")
         run = current_run(daemon, "fast_runs")
         run_ids.append(run["run_id"])
+        log_files.append(run["log_file"])
         seconds.append(run["start_ts"][:19])
         if len(seconds) >= 3 and len(set(seconds[-3:])) == 1:
             break
@@ -614,6 +668,11 @@ def test_run_ids_are_unique_even_for_runs_in_the_same_second(daemon: Daemon, tmp
     assert len(set(run_ids)) == len(run_ids), f"repeated run ids: {run_ids}"
     history = daemon.json("history", "fast_runs", "-n", "100")
     assert len({r["run_id"] for r in history}) == len(history)
+    # Each run has a log of its own: one start line in each, none shared.
+    assert len(set(log_files)) == len(log_files), f"shared log files: {log_files}"
+    for log_file in log_files[-3:]:
+        text = Path(log_file).read_text()
+        assert text.count("of job fast_runs started") == 1, text
 
 
 def test_logs_follow_until_the_run_ends(daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]) -> None:
