@@ -258,7 +258,7 @@ class Daemon:
                     log.warning("[%s] %s changes only take effect after a restart", section, key)
             self.config = new
             if self.engine is not None:
-                self.engine.databases.dispose()  # new URLs take effect for the next query
+                self.engine.config_changed()
             self.policy = AccessPolicy.for_this_process(new.daemon.admin_group)
             if self._server is not None:
                 self._server.policy = self.policy

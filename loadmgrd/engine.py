@@ -170,6 +170,11 @@ class Engine:
             self._running_slots -= 1
             self._wake_waiters()
 
+    def config_changed(self) -> None:
+        """After a reload: new target URLs for the next query; a raised job limit lets queued runs go."""
+        self.databases.dispose()
+        self._wake_waiters()
+
     def _wake_waiters(self) -> None:
         while self._slot_waiters and self._running_slots < self.config.daemon.max_concurrent_jobs:
             waiter = self._slot_waiters.popleft()

@@ -204,7 +204,9 @@ def test_sd_notify_ready_then_stopping(notified: Notified) -> None:
 def test_sighup_with_a_broken_config_keeps_the_daemon_serving(fresh_daemon: Daemon, notified: Notified) -> None:
     notified.receive_until("READY=1")
     good = fresh_daemon.config_file.read_text()
-    fresh_daemon.config_file.write_text(good + "\n[daemon2]\nx = 1\n")
+    assert "[jobs]" not in good
+    # A visible change beside the fault: none of the broken file may take effect.
+    fresh_daemon.config_file.write_text(good + "\n[jobs]\njob_file_delimiter = ;\n\n[daemon2]\nx = 1\n")
     notified.proc.send_signal(signal.SIGHUP)
     notified.receive_until("RELOADING=1")
     notified.receive_until("READY=1")
@@ -212,6 +214,11 @@ def test_sighup_with_a_broken_config_keeps_the_daemon_serving(fresh_daemon: Daem
     reply = fresh_daemon.rpc("ping")
     assert reply["result"]["pid"] == notified.proc.pid
     assert "reload rejected" in fresh_daemon.log()
+    assert "daemon2" in fresh_daemon.log()  # the reason names the bad section
+    semicolons = fresh_daemon.home / "semi.csv"
+    semicolons.write_text("job_step;job_step_function;job_step_command\n10;run_command;true\n")
+    refused = fresh_daemon.ctl("job", "import", "semi", str(semicolons))
+    assert refused.returncode == 1 and "job_file_delimiter" in refused.stderr, refused
     notified.proc.send_signal(signal.SIGTERM)
     assert notified.proc.wait(timeout=EXIT_TIMEOUT) == 0
 

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import itertools
 import re
+import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -816,3 +817,29 @@ def test_status_never_shows_a_finished_run_with_unfinished_steps(daemon: Daemon,
                 assert [s["status"] for s in run["steps"]] == ["Success"], f"finished run, unfinished steps: {status}"
                 break
             assert time.monotonic() < deadline, status
+
+
+def test_raising_the_limit_by_reload_lets_queued_runs_start(
+    fresh_daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]
+) -> None:
+    d = fresh_daemon
+    configure(d, daemon_keys={"max_concurrent_jobs": "1"})
+    proc = d.start()
+    hold = gate("reload_limit")
+    import_job(d, tmp_path, "reload_hold", [step(10, hold.command())])
+    import_job(d, tmp_path, "reload_queued", [step(10, "true")])
+    call(d, "start", {"name": "reload_hold"})
+    hold.wait_started(d, "reload_hold")
+    call(d, "start", {"name": "reload_queued"})
+    assert status_of(d, "reload_queued")["run"]["queued"] is True
+
+    text = d.config_file.read_text()
+    assert "max_concurrent_jobs = 1\n" in text
+    d.config_file.write_text(text.replace("max_concurrent_jobs = 1\n", "max_concurrent_jobs = 3\n"))
+    proc.send_signal(signal.SIGHUP)
+    # The queued run starts while the first still holds its slot: the new limit is in force.
+    assert wait_for_status(d, "reload_queued", *FINISHED)["status"] == "Completed"
+    assert status_of(d, "reload_hold")["status"] == "Running"
+    assert "configuration reloaded" in d.log()
+    hold.open()
+    assert wait_for_status(d, "reload_hold", *FINISHED)["status"] == "Completed"
