@@ -174,7 +174,8 @@ class Server:
 
     async def _handle_line(self, line: bytes, ctx: Context) -> bytes:
         try:
-            decoded = json.loads(line)
+            # UTF-8 only, as the protocol says: json.loads on bytes would guess UTF-16/32 from NULs.
+            decoded = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
             return error_line(None, ProtocolError(ErrorCode.PARSE_ERROR, f"parse error: {detail}"))

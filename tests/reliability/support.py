@@ -523,7 +523,7 @@ def expected_replies(payload: bytes) -> list[Callable[[Any, str], None]] | None:
     if not payload.strip():
         return []
     try:
-        decoded = json.loads(payload)
+        decoded = json.loads(payload.decode("utf-8"))  # the protocol is UTF-8, never UTF-16/32
     except (UnicodeDecodeError, ValueError, RecursionError):
         return [lambda reply, ctx: _check_error(reply, None, ctx, {PARSE_ERROR})]
     if isinstance(decoded, list) and decoded:

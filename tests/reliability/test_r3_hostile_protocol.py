@@ -445,6 +445,17 @@ def test_lone_surrogate_escapes_that_are_not_echoed_are_answered(target: Target,
             exchange(sock, payload, context(payload))
 
 
+def test_lines_in_utf16_or_utf32_are_parse_errors(target: Target, unchanged: None) -> None:
+    """The wire is UTF-8: NUL bytes never make the daemon guess UTF-16/32 (found by R3: b"\\x000"
+    was read as UTF-16 for the number 0)."""
+    ping = '{"jsonrpc":"2.0","method":"ping","id":1}'
+    for payload in (b"\x000", b"0\x00", ping.encode("utf-16-be"), ping.encode("utf-16-le"), ping.encode("utf-32-be")):
+        with target.connect() as sock:
+            replies = exchange(sock, payload, context(payload))
+            assert [r["error"]["code"] for r in replies] == [PARSE_ERROR], f"{payload!r}: {replies!r}"
+            target.cases += 1
+
+
 def test_string_id_with_a_lone_surrogate_escape_is_answered(daemon_factory: DaemonFactory) -> None:
     d = daemon_factory()  # a daemon of its own: the failure leaves a traceback in the daemon's log
     d.start()
