@@ -412,7 +412,7 @@ def history(
     """Past runs of a job with their steps and events."""
     result = rpc("history", {"job": job, "limit": count})
     if as_json:
-        output.print_json(result["runs"])
+        output.print_json(result)  # {"job", "runs", "process_log"}, as the protocol answers
         return
     if result["process_log"]:
         output.print_table(

@@ -13,6 +13,7 @@ import json
 import lzma
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import textwrap
@@ -182,16 +183,30 @@ def wh(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
 # ---------------------------------------------------------------------------- the worked example
 
 
-def ingestion_steps(process: str, table: str, schema: str, name: str) -> list[dict[str, Any]]:
-    insert = (
-        f"INSERT INTO {table} (id, amount, load_dttm, batch_nbr) VALUES "
-        "(1, 10, '{{ day }} 10:00:00', '{{ batch }}'), "
-        "(2, 20, '{{ day }} 11:00:00', '{{ batch }}'), "
-        "(3, 30, '{{ day }} 12:00:00', '{{ batch }}')"
-    )
+# The loading program of the ingestion job: an ordinary program the job runs (run_command), told
+# its batch number on the command line through %PROCESS.batch_nbr%, as an ETL script would be.
+LOADER = """\
+import sys
+from sqlalchemy import create_engine, text
+
+url, table, batch, day_arg = sys.argv[1:]  # the step's args come last, as key=value words
+day = day_arg.removeprefix("day=")
+with create_engine(url).begin() as conn:
+    for n, hour in ((1, 10), (2, 11), (3, 12)):
+        conn.execute(
+            text(f"INSERT INTO {table} (id, amount, load_dttm, batch_nbr) VALUES (:id, :amount, :ts, :batch)"),
+            {"id": n, "amount": 10 * n, "ts": f"{day} {hour}:00:00", "batch": batch},
+        )
+print(f"loaded 3 rows of batch {batch}")
+"""
+
+
+def ingestion_steps(process: str, table: str, schema: str, name: str, url: str, loader: Path) -> list[dict[str, Any]]:
+    loader.write_text(LOADER)
+    load = f"{shlex.quote(PYTHON)} {shlex.quote(str(loader))} {shlex.quote(url)} {table} %{process}.batch_nbr%"
     return [
         step(10, "start_process", process, capture=True),
-        step(20, "execute_sql", insert, {"batch": f"%{process}.batch_nbr%", "day": "2024-12-01"}),
+        step(20, "run_command", load, {"day": "2024-12-01"}, capture=True),
         step(
             25,
             "run_command",
@@ -241,7 +256,8 @@ def test_ingestion_then_consumption_windows_follow_the_data_currency(wh: Warehou
     d.ok("link", "create", "sales_in", schema, "sales")
     d.ok("process", "add", "--process_type", "consumption", "sales_report")
     d.ok("link", "create", "sales_report", schema, "sales")
-    (tmp_path / "sales_in.json").write_text(job_json(ingestion_steps("sales_in", table, schema, "sales")))
+    ingestion = ingestion_steps("sales_in", table, schema, "sales", wh.url, tmp_path / "load_sales.py")
+    (tmp_path / "sales_in.json").write_text(job_json(ingestion))
     (tmp_path / "sales_report.json").write_text(job_json(consumption_steps("sales_report", table)))
     d.ok("job", "import", "sales_in", str(tmp_path / "sales_in.json"))
     d.ok("job", "import", "sales_report", str(tmp_path / "sales_report.json"))
@@ -255,6 +271,7 @@ def test_ingestion_then_consumption_windows_follow_the_data_currency(wh: Warehou
     process_key = view["process"]["process_key"]
     assert re.fullmatch(rf"{process_key}\d{{12}}", batch), batch
     assert run[10]["output"] == LOW
+    assert run[20]["output"] == f"loaded 3 rows of batch {batch}"  # the program got its batch number
     assert run[25]["output"] == f"start={LOW} end={HIGH} batch={batch}"
     assert run[30]["output"] == "2024-12-01 12:00:00"
     assert run[40]["output"] == "2024-12-01 12:00:00"
@@ -319,6 +336,9 @@ def test_ingestion_then_consumption_windows_follow_the_data_currency(wh: Warehou
     assert "Process log of sales_in" in printed
     assert batch in printed and second["batch_nbr"] in printed
     assert "2024-12-02 12:00:00" in printed
+    as_json = d.json("history", "sales_in")  # scripts get the process log too
+    assert [e["batch_nbr"] for e in as_json["process_log"]] == [e["batch_nbr"] for e in entries]
+    assert len(as_json["runs"]) == 2
 
 
 def test_the_currency_is_logged_only_when_it_changes(wh: Warehouse) -> None:

@@ -392,7 +392,7 @@ def test_wait_event_satisfied_by_a_file(daemon: Daemon, tmp_path: Path) -> None:
     assert list(inbox.iterdir()) == []  # and not left behind under another name
     run = current_run(daemon, "ev_wait")
     assert [(e["event_name"], e["status"]) for e in run["events"]] == [("ev_ready", "Found")]
-    history = daemon.json("history", "ev_wait", "-n", "1")
+    history = daemon.json("history", "ev_wait", "-n", "1")["runs"]
     assert [(e["event_name"], e["status"]) for e in history[0]["events"]] == [("ev_ready", "Found")]
 
 
@@ -630,7 +630,7 @@ def test_history_lists_runs_newest_first_with_steps_and_events(daemon: Daemon, t
     for extra in ([], ["--skip", "create"], []):
         assert_exit(start_wait(daemon, *extra, "hist_job"), 0)
         run_ids.append(current_run(daemon, "hist_job")["run_id"])
-    history = daemon.json("history", "hist_job", "-n", "10")
+    history = daemon.json("history", "hist_job", "-n", "10")["runs"]
     assert [r["run_id"] for r in history] == run_ids[::-1]
     starts = [r["start_ts"] for r in history]
     assert starts == sorted(starts, reverse=True)
@@ -644,7 +644,7 @@ def test_history_lists_runs_newest_first_with_steps_and_events(daemon: Daemon, t
     ]
     assert sorted(by_step(history[0])) == [10, 20]  # automatic Create Events step
     assert sorted(by_step(history[1])) == [10]  # create events skipped: no automatic step
-    assert [r["run_id"] for r in daemon.json("history", "hist_job", "-n", "2")] == run_ids[:0:-1]
+    assert [r["run_id"] for r in daemon.json("history", "hist_job", "-n", "2")["runs"]] == run_ids[:0:-1]
 
 
 def test_run_ids_are_unique_even_for_runs_in_the_same_second(daemon: Daemon, tmp_path: Path) -> None:
@@ -666,7 +666,7 @@ def test_run_ids_are_unique_even_for_runs_in_the_same_second(daemon: Daemon, tmp
     else:
         pytest.fail("could not start three runs within one second")
     assert len(set(run_ids)) == len(run_ids), f"repeated run ids: {run_ids}"
-    history = daemon.json("history", "fast_runs", "-n", "100")
+    history = daemon.json("history", "fast_runs", "-n", "100")["runs"]
     assert len({r["run_id"] for r in history}) == len(history)
     # Each run has a log of its own: one start line in each, none shared.
     assert len(set(log_files)) == len(log_files), f"shared log files: {log_files}"
@@ -759,7 +759,7 @@ def test_simultaneous_starts_of_one_job_start_it_once(
     wait_for_status(daemon, "race_job", "Completed")
     assert current_run(daemon, "race_job")["run_id"] == started[0]
     # history holds the current run and every archived one: no twin run was created and archived
-    assert [r["run_id"] for r in daemon.json("history", "race_job", "-n", "20")] == started
+    assert [r["run_id"] for r in daemon.json("history", "race_job", "-n", "20")["runs"]] == started
 
 
 def test_unknown_step_function_fails_the_run_even_with_ignore_error(daemon: Daemon, tmp_path: Path) -> None:

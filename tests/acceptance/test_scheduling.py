@@ -255,7 +255,7 @@ def test_seconds_schedule_fires_a_real_run_then_disable_enable_remove(daemon: Da
         assert schedule_rows(daemon, job) == []
     assert_refused(daemon.ctl("schedule", "remove", job), job, "no")
     settle(daemon, job)
-    assert len(lines(out)) == len(daemon.json("history", job, "-n", "100"))
+    assert len(lines(out)) == len(daemon.json("history", job, "-n", "100")["runs"])
 
 
 def test_schedule_does_not_start_a_job_that_is_still_running(
@@ -292,7 +292,7 @@ def test_schedule_does_not_start_a_job_that_is_still_running(
         daemon.ok("schedule", "remove", job)
     settle(daemon, job)
 
-    history = daemon.json("history", job, "-n", "100")
+    history = daemon.json("history", job, "-n", "100")["runs"]
     assert history, "no run in history"
     assert all(r["status"] == "Completed" for r in history), [r["status"] for r in history]
     assert blocked["run_id"] in {r["run_id"] for r in history}
@@ -397,7 +397,7 @@ def test_missed_fires_get_one_catch_up_run_at_start(fresh_daemon: Daemon, tmp_pa
     assert run["requested_by"] == "schedule 0 * * * *"
     settle(d, job)
     assert lines(out) == ["ran"]  # one catch-up run, not five
-    assert len(d.json("history", job, "-n", "100")) == 1
+    assert len(d.json("history", job, "-n", "100")["runs"]) == 1
     (row,) = schedule_rows(d, job)
     assert parse_ts(row["last_fire_ts"]) > datetime.now(UTC) - timedelta(minutes=5)
     next_fire = parse_ts(row["next_fire_ts"])
@@ -651,7 +651,7 @@ def test_retries_until_success_record_every_attempt(daemon: Daemon, tmp_path: Pa
     for before, after in itertools.pairwise(log):
         gap = (parse_ts(after["start_ts"]) - parse_ts(before["end_ts"])).total_seconds()
         assert gap >= 0.09, f"retry_delay=0.1 not respected: {log}"
-    history = daemon.json("history", job, "-n", "1")
+    history = daemon.json("history", job, "-n", "1")["runs"]
     assert [a["exit_code"] for a in by_step(history[0])[10]["attempt_log"]] == [1, 1, 0]
     text = daemon.ok("logs", job)
     assert "attempt 1 failed" in text and "attempt 2 failed" in text
