@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from loadmgrctl import output
-from loadmgrctl.transport import ClientError, call
+from loadmgrctl.transport import ClientError, RpcError, call
 
 app = typer.Typer(
     name="loadmgrctl",
@@ -79,6 +79,9 @@ def _options(
     _settings = Settings(Path(socket) if socket else None, config, debug)
 
 
+NOTHING_TO_RESUME = 1009  # the daemon's NOT_RUNNING, as a start answers it (docs/protocol.md)
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     output.error(message)
     raise typer.Exit(code)
@@ -94,6 +97,9 @@ def rpc(method: str, params: dict[str, Any] | None = None) -> Any:
             import traceback
 
             traceback.print_exc()
+        if isinstance(exc, RpcError) and exc.code == NOTHING_TO_RESUME and method == "start":
+            output.warn(str(exc))  # a warning, not a fault: there is simply nothing left to run
+            raise typer.Exit(exc.exit_code) from None
         _fail(str(exc), exc.exit_code)
 
 

@@ -154,6 +154,25 @@ class EmailConfig(_Section):
         return upper
 
 
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a target URL, checked as SQLAlchemy will parse it; None when it is fine."""
+    if not _URL_RE.match(url):
+        return "is not a database URL such as sqlite:////path/x.db or postgresql://user@host/db"
+    if any(ch.isspace() for ch in url):
+        return (
+            "contains whitespace: a value runs to the end of its line, so a '#' comment after it is part "
+            "of it (put comments on a line of their own; write a space in a URL as %20)"
+        )
+    from sqlalchemy.engine import make_url  # only when there are targets: the import is not free
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        return f"is not a valid database URL: {exc}"
+    return None
+
+
 class TargetsConfig(BaseModel):
     """Named target databases (SQLAlchemy URLs) and the one used when a step names none."""
 
@@ -271,11 +290,9 @@ def load_config(path: Path | None) -> Config:
         if section == "targets":
             default = items.pop("default_target", None)
             for name, url in items.items():
-                if not _URL_RE.match(url):
-                    raise ConfigError(
-                        f"{where}{line_of(section, name.lower())}: targets.{name}: {url!r} is not a database "
-                        "URL such as sqlite:////path/x.db or postgresql://user@host/db"
-                    )
+                problem = _url_problem(url)
+                if problem:
+                    raise ConfigError(f"{where}{line_of(section, name.lower())}: targets.{name}: {url!r} {problem}")
             raw["targets"] = {"default_target": default or None, "urls": items}
             continue
         lowered: dict[str, str] = {}

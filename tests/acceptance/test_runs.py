@@ -814,7 +814,7 @@ def test_resume_with_nothing_to_resume_is_refused(daemon: Daemon, tmp_path: Path
     out = tmp_path / "out.txt"
     import_job(daemon, tmp_path, "resume_none", [step(10, f"echo ran >> {q(str(out))}")])
     result = daemon.ctl("start", "--resume", "resume_none")
-    assert_refused(result, "nothing to resume")
+    assert_refused(result, "warning: nothing to resume", strict=True)  # a warning; none started: 1
     assert status_of(daemon, "resume_none")["run"] is None
     assert not out.exists()
 

@@ -479,6 +479,18 @@ ERRORS = [
         id="default-target-missing",
     ),
     pytest.param(
+        "[targets]\n\nwh = postgresql://etl@dbhost/warehouse   # needs psycopg\n",
+        3,
+        ["targets.wh", "contains whitespace", "comment"],
+        id="target-url-with-a-trailing-comment",
+    ),
+    pytest.param(
+        "[targets]\nwh = postgresql://etl@dbhost:port/warehouse\n",
+        2,
+        ["targets.wh", "is not a valid database URL"],
+        id="target-url-bad-port",
+    ),
+    pytest.param(
         "[jobs]\njob_file_delimiter = ;;\n",
         2,
         ["jobs.job_file_delimiter", "must be a single character"],

@@ -37,3 +37,29 @@ def test_every_config_key_is_in_the_example_file() -> None:
             continue
         for key in model.model_fields:
             assert re.search(rf"^#? ?{key} =", text, re.M), f"{section}.{key} is missing from the example"
+
+
+def _job_file_blocks() -> list[tuple[str, str]]:
+    """(where, text) of every ```csv block in docs/ and every ```json block that is a job file."""
+    blocks = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for match in re.finditer(r"```(csv|json)\n(.*?)```", doc.read_text(), re.S):
+            language, body = match.groups()
+            if language == "json" and '"steps"' not in body:
+                continue  # a protocol message, not a job file
+            line = doc.read_text().count("\n", 0, match.start()) + 1
+            blocks.append((f"{doc.name}:{line}", body))
+    return blocks
+
+
+def test_every_job_file_in_the_docs_parses() -> None:
+    from loadmgrd.jobfile import JobFileError, parse
+
+    blocks = _job_file_blocks()
+    assert len(blocks) >= 5, blocks  # job-files, scheduling, notifications, processes (2)
+    for where, body in blocks:
+        try:
+            parsed = parse(body, where)
+        except JobFileError as exc:
+            raise AssertionError(f"the job file at docs/{where} does not import: {exc}") from None
+        assert parsed.steps, where
