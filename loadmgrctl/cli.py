@@ -189,7 +189,9 @@ def start(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the steps, events and skips; start nothing.")
     ] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="Block until the run(s) end; exit 0/1/3.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Block until the run(s) end; exit 0/1/3 (2: part of a group refused).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a job or a job group (a Paused job is resumed)."""

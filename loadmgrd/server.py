@@ -26,6 +26,16 @@ class SocketInUse(LoadmgrError):
     pass
 
 
+def _owner(st: os.stat_result) -> str:
+    """``uid N (name)`` of a file's owner, for messages."""
+    import pwd
+
+    try:
+        return f"uid {st.st_uid} ({pwd.getpwuid(st.st_uid).pw_name})"
+    except KeyError:
+        return f"uid {st.st_uid}"
+
+
 def claim_socket_path(path: Path) -> None:
     """Refuse if a daemon answers on ``path``; remove it if it is a stale socket."""
     try:
@@ -34,24 +44,26 @@ def claim_socket_path(path: Path) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    foreign = st.st_uid != os.geteuid()
+    whose = f" (it belongs to {_owner(st)})" if foreign else ""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(2.0)
     try:
         probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.warning("removing stale socket %s (no daemon answers on it)", path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
     except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise SocketInUse(f"cannot check socket {path}: {exc.strerror}{whose}") from None
+        try:
+            path.unlink()
+        except FileNotFoundError:
             return
-        raise SocketInUse(f"cannot check socket {path}: {exc.strerror}") from None
+        except PermissionError:
+            raise SocketInUse(f"cannot remove the stale socket {path}: permission denied{whose}") from None
+        log.warning("removed stale socket %s (no daemon answered on it)%s", path, whose)
+        return
     finally:
         probe.close()
-    raise SocketInUse(f"another loadmgrd is already serving {path}; refusing to start a second one")
+    raise SocketInUse(f"another loadmgrd is already serving {path}{whose}; refusing to start a second one")
 
 
 def bind_socket(path: Path, mode: int) -> socket.socket:
@@ -60,10 +72,7 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SocketInUse(f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
-    try:
-        claim_socket_path(path)
-    except PermissionError as exc:
-        raise SocketInUse(f"cannot replace the stale socket {path}: {exc.strerror} (owned by another user?)") from None
+    claim_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)
     try:

@@ -117,8 +117,53 @@ def test_stale_socket_is_replaced(fresh_daemon: Daemon) -> None:
     assert stat.S_ISSOCK(fresh_daemon.socket.lstat().st_mode)
     fresh_daemon.start()
     ping_ok(fresh_daemon)
-    assert "stale socket" in fresh_daemon.log()
+    assert "removed stale socket" in fresh_daemon.log()
     assert stat.S_IMODE(os.stat(fresh_daemon.socket).st_mode) == 0o666
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o666])
+def test_stale_socket_of_another_user_is_refused_naming_its_owner(mode: int) -> None:
+    """loadmgrd as nobody, a dead socket of root's in a sticky directory (as in /tmp): nobody can
+    neither probe a 0600 socket nor remove root's file; both refusals name the owner, and nothing
+    claims to have removed it."""
+    from tests.reliability.support import nobody_user
+
+    user = nobody_user()
+    home = Path(tempfile.mkdtemp(prefix="lm-"))
+    try:
+        home.chmod(0o755)
+        own = home / "own"
+        own.mkdir()
+        os.chown(own, user.uid, user.gid)
+        shared = home / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        path = shared / "loadmgrd.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+            dead.bind(str(path))  # root's, closed without unlinking: nobody listens on it
+        path.chmod(mode)
+        config = own / "loadmgr_config.cfg"
+        config.write_text(
+            f"[repository]\ndatabase = {own}/loadmgr.db\n\n[daemon]\nsocket = {path}\n\n"
+            f"[logging]\nlocation = {own}/logs\n"
+        )
+        os.chown(config, user.uid, user.gid)
+        result = subprocess.run(
+            user.command([PYTHON, "-m", "loadmgrd", "--config", str(config)]),
+            env={k: v for k, v in os.environ.items() if not k.startswith(("LOADMGR_", "NOTIFY_"))},
+            capture_output=True,
+            text=True,
+            timeout=EXIT_TIMEOUT,
+            check=False,
+        )
+        assert result.returncode == 1, result
+        assert "uid 0 (root)" in result.stderr, result.stderr
+        assert ("cannot check socket" if mode == 0o600 else "cannot remove the stale socket") in result.stderr
+        assert "removed stale socket" not in result.stderr
+        assert "Traceback" not in result.stderr
+        assert stat.S_ISSOCK(path.lstat().st_mode), "root's socket file must be left in place"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_non_socket_at_the_socket_path_is_left_alone(fresh_daemon: Daemon) -> None:

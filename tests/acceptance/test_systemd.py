@@ -719,3 +719,16 @@ def test_logrotate_example_parses(tmp_path: Path) -> None:
     assert "error" not in output.lower(), output
     assert f"rotating pattern: {logs}/*.log" in output, output
     assert "30 rotations" in output, output
+    assert "--kill-who=main" in original  # the spelling every systemctl knows
+
+    # A real rotation: a finished run's log moves aside, and no empty file is left in its place
+    # (loadmgrd creates the new file itself for a run in progress, on SIGUSR1).
+    forced = subprocess.run(
+        [logrotate, "-f", "-s", str(tmp_path / "state"), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["loadmgr_job_20250101000000.log.1"]
