@@ -575,9 +575,10 @@ def job_view(job: Annotated[str, typer.Argument(help="Job name.")], as_json: Jso
 
 @job_app.command("rename")
 def job_rename(old: str, new: str) -> None:
-    """Rename a job."""
-    rpc("job.rename", {"old": old, "new": new})
-    output.info(f"job {old} renamed to {new}")
+    """Rename a job (its schedules follow it)."""
+    result = rpc("job.rename", {"old": old, "new": new})
+    moved = result.get("schedules", 0)
+    output.info(f"job {old} renamed to {new}" + (f" (with its {_schedules(moved)})" if moved else ""))
 
 
 @job_app.command("group")
@@ -597,8 +598,13 @@ def job_remove(
             _fail(f"removing job {job} needs confirmation; pass --yes to confirm without a terminal")
         if not typer.confirm(f"Remove job {job} with its steps, events, runs and history?"):
             _fail("not removed", 1)
-    rpc("job.remove", {"job": job})
-    output.info(f"job {job} removed")
+    result = rpc("job.remove", {"job": job})
+    removed = result.get("schedules", 0)
+    output.info(f"job {job} removed" + (f" (with its {_schedules(removed)})" if removed else ""))
+
+
+def _schedules(count: int) -> str:
+    return f"{count} schedule" + ("" if count == 1 else "s")
 
 
 @job_app.command("reset")
@@ -896,7 +902,8 @@ def schedule_add(
     if timezone:
         params["timezone"] = timezone
     result = rpc("schedule.add", params)
-    output.info(f"{name} scheduled '{result['cron']}'; next fire {output.local_time(result['next_fire_ts'])}")
+    next_fire = output.local_time(result["next_fire_ts"], zone=True)
+    output.info(f"{name} scheduled '{result['cron']}'; next fire {next_fire}")
 
 
 @schedule_app.command("remove")
@@ -940,8 +947,8 @@ def schedule_list(as_json: JsonOpt = False) -> None:
                 s["cron"],
                 s["timezone"] or "local",
                 s["enabled"],
-                output.local_time(s["last_fire_ts"]),
-                output.local_time(s["next_fire_ts"]),
+                output.local_time(s["last_fire_ts"], zone=True),
+                output.local_time(s["next_fire_ts"], zone=True),
             ]
             for s in result["schedules"]
         ),

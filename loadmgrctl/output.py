@@ -25,8 +25,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def local_time(ts: str | None) -> str:
-    """A stored UTC timestamp shown in the host's local time, to the second."""
+def local_time(ts: str | None, *, zone: bool = False) -> str:
+    """A stored UTC timestamp shown in the host's local time, to the second (``zone``: with the
+    zone's abbreviation, where a time may be read against another zone)."""
     if not ts:
         return ""
     from datetime import datetime
@@ -35,7 +36,7 @@ def local_time(ts: str | None) -> str:
         moment = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     except ValueError:
         return ts
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z" if zone else "%Y-%m-%d %H:%M:%S")
 
 
 def _plain_table(columns: Sequence[str], rows: list[list[str]], title: str | None) -> None:

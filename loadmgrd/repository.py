@@ -297,7 +297,9 @@ class Repository:
             )
         return outcome
 
-    async def rename_job(self, old: str, new: str) -> None:
+    async def rename_job(self, old: str, new: str) -> int:
+        """Rename a job; its schedules (a schedule's name means the job before any group of that
+        name) follow it, unless the new name already has that schedule. Returns how many moved."""
         async with self._tx() as conn:
             await self._require_absent(
                 conn, "SELECT 1 FROM job WHERE job_name = ?", (new,), f"a job named {new!r} already exists"
@@ -307,6 +309,10 @@ class Repository:
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no job named {old!r}")
+            cur = await conn.execute("UPDATE OR IGNORE schedule SET target_name = ? WHERE target_name = ?", (new, old))
+            moved = cur.rowcount
+            await conn.execute("DELETE FROM schedule WHERE target_name = ?", (old,))  # duplicates of new's
+            return moved
 
     async def set_job_group(self, name: str, group: str | None) -> None:
         async with self._tx() as conn:
@@ -316,11 +322,14 @@ class Repository:
             if cur.rowcount == 0:
                 raise NotFound(f"no job named {name!r}")
 
-    async def remove_job(self, name: str) -> None:
+    async def remove_job(self, name: str) -> int:
+        """Remove a job and its schedules (they meant the job); returns how many schedules went."""
         async with self._tx() as conn:
             cur = await conn.execute("DELETE FROM job WHERE job_name = ?", (name,))
             if cur.rowcount == 0:
                 raise NotFound(f"no job named {name!r}")
+            cur = await conn.execute("DELETE FROM schedule WHERE target_name = ?", (name,))
+            return cur.rowcount
 
     async def list_jobs(self, status: str | None = None) -> list[Row]:
         sql = (

@@ -104,8 +104,10 @@ class RenameParams(Params):
 @method("job.rename", admin=True, params=RenameParams)
 async def job_rename(ctx: Context, params: RenameParams) -> dict[str, Any]:
     """Rename a job; refused when the new name is taken."""
-    await ctx.repo.rename_job(params.old, params.new)
-    return {"job": params.new, "old": params.old}
+    moved = await ctx.repo.rename_job(params.old, params.new)
+    if moved:
+        _schedules_changed(ctx)
+    return {"job": params.new, "old": params.old, "schedules": moved}
 
 
 class GroupParams(Params):
@@ -120,6 +122,12 @@ async def job_group(ctx: Context, params: GroupParams) -> dict[str, Any]:
     return {"job": params.job, "group": params.group}
 
 
+def _schedules_changed(ctx: Context) -> None:
+    scheduler = getattr(ctx.services, "scheduler", None)
+    if scheduler is not None:
+        scheduler.changed()
+
+
 def _is_executing(ctx: Context, job_name: str) -> bool:
     engine = getattr(ctx.services, "engine", None)
     return bool(engine is not None and engine.is_executing(job_name))
@@ -131,8 +139,10 @@ async def job_remove(ctx: Context, params: JobParams) -> dict[str, Any]:
     await ctx.repo.get_job(params.job)
     if _is_executing(ctx, params.job):
         raise Conflict(f"job {params.job!r} is running; stop it first (loadmgrctl stop {params.job})")
-    await ctx.repo.remove_job(params.job)
-    return {"job": params.job, "removed": True}
+    removed = await ctx.repo.remove_job(params.job)
+    if removed:
+        _schedules_changed(ctx)
+    return {"job": params.job, "removed": True, "schedules": removed}
 
 
 @method("job.reset", admin=True, params=JobParams)

@@ -340,6 +340,26 @@ def test_schedule_for_an_unknown_name_or_twice_is_refused(daemon: Daemon, tmp_pa
         assert len(rpc_schedule_rows(daemon, job)) == 1
 
 
+def test_schedules_follow_a_renamed_job_and_go_with_a_removed_one(daemon: Daemon, tmp_path: Path) -> None:
+    import_job(daemon, tmp_path, "sched_old", [step(10, "true")])
+    daemon.ok("schedule", "add", "sched_old", "0 3 * * *")
+    daemon.ok("schedule", "add", "sched_old", "0 4 * * *", "--timezone", "Europe/Paris")
+    renamed = daemon.ok("job", "rename", "sched_old", "sched_new")
+    assert "with its 2 schedules" in renamed, renamed
+    assert schedule_rows(daemon, "sched_old") == []
+    rows = schedule_rows(daemon, "sched_new")
+    assert sorted((r["cron"], r["timezone"]) for r in rows) == [("0 3 * * *", None), ("0 4 * * *", "Europe/Paris")]
+    listed = daemon.ok("schedule", "list")
+    assert "sched_new" in listed and re.search(r"\d\d:\d\d:\d\d [A-Z+\-0-9]+", listed), listed  # zone shown
+
+    removed = daemon.ok("job", "remove", "--yes", "sched_new")
+    assert "with its 2 schedules" in removed, removed
+    assert schedule_rows(daemon, "sched_new") == []
+    # A job of the same name later starts with no schedule of the old one's.
+    import_job(daemon, tmp_path, "sched_new", [step(10, "true")])
+    assert schedule_rows(daemon, "sched_new") == []
+
+
 def test_schedule_of_a_group_starts_every_job_of_it(daemon: Daemon, tmp_path: Path) -> None:
     group = "sched_grp"
     jobs = ["sched_grp_a", "sched_grp_b"]
