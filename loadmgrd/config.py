@@ -110,6 +110,7 @@ class EmailConfig(_Section):
     username: str = ""
     password: str = ""
     password_file: Path | None = None
+    ca_file: Path | None = None
     timeout: Annotated[float, Field(gt=0)] = 10.0
     send_attempts: Annotated[int, Field(ge=1, le=10)] = 3
     max_log_lines: Annotated[int, Field(ge=0)] = 200
@@ -122,6 +123,11 @@ class EmailConfig(_Section):
             raise ValueError("give password or password_file, not both")
         if (self.password or self.password_file) and not self.username:
             raise ValueError("a password needs a username")
+        if self.ca_file is not None:
+            if not (self.starttls or self.use_tls):
+                raise ValueError("ca_file is for TLS: set starttls or use_tls too")
+            if not self.ca_file.is_file():
+                raise ValueError(f"ca_file {str(self.ca_file)!r} is not a readable file")
         return self
 
     def secret(self) -> str:

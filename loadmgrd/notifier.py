@@ -54,6 +54,7 @@ async def send_now(config: EmailConfig, msg: EmailMessage) -> str:
             port=config.smtp_port,
             use_tls=config.use_tls,
             start_tls=config.starttls,
+            cert_bundle=str(config.ca_file) if config.ca_file is not None else None,
             username=config.username or None,
             password=password or None,
             timeout=config.timeout,

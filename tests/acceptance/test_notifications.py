@@ -23,6 +23,7 @@ import json
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
 
 from tests import support
@@ -713,6 +715,93 @@ def test_notify_test_with_the_server_down_exits_1(dead_mailer: tuple[Daemon, int
     assert len(errors) == 2, result.stderr
     assert any(line.startswith("loadmgrctl: error: success_list (dev@example.com): not sent:") for line in errors)
     assert any(f"failure_list ({', '.join(FAILURE_LIST)}): not sent: 127.0.0.1:{port}" in line for line in errors)
+
+
+# ============================================================================ STARTTLS and login
+
+
+USER, PASSWORD = "loadmgr-mailer", "s3cret pass"
+
+
+@contextlib.contextmanager
+def tls_smtp_server(ca: trustme.CA) -> Iterator[tuple[Inbox, int, list[tuple[str, str]]]]:
+    """aiosmtpd that insists on STARTTLS (a certificate of ``ca`` for 127.0.0.1) and then on a
+    login; yields (inbox, port, the logins it accepted)."""
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    logins: list[tuple[str, str]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (USER.encode(), PASSWORD.encode())
+        if ok:
+            logins.append((mechanism, data.login.decode()))
+        return AuthResult(success=ok, handled=False)
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=context,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=authenticator,
+    )
+    controller.start()
+    try:
+        yield inbox, port, logins
+    finally:
+        controller.stop()
+
+
+def test_starttls_with_a_private_ca_and_a_login(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    password_file = tmp_path / "smtp_password"
+    password_file.write_text(PASSWORD + "\n")
+    with tls_smtp_server(ca) as (inbox, port, logins):
+        keys = {"starttls": "true", "username": USER, "password_file": password_file, "ca_file": ca_file}
+        with running_daemon(email_section(port, **keys)) as d:
+            result = d.ctl("notify", "test")
+            assert_exit(result, 0)
+            assert len(inbox.mails()) == 2
+            assert logins and all(login == USER for _, login in logins), logins
+        # The same server without our CA: the certificate is not trusted, nothing is sent.
+        del keys["ca_file"]
+        with running_daemon(email_section(port, **keys)) as d:
+            result = d.ctl("notify", "test")
+            assert_exit(result, 1)
+            assert "CERTIFICATE_VERIFY_FAILED" in result.stderr or "certificate verify failed" in result.stderr
+        # A wrong password: refused by the server, and the refusal is what the operator sees.
+        password_file.write_text("wrong\n")
+        with running_daemon(email_section(port, **keys, ca_file=ca_file)) as d:
+            result = d.ctl("notify", "test")
+            assert_exit(result, 1)
+            assert "535" in result.stderr or "uthentication" in result.stderr, result.stderr
+        assert len(inbox.mails()) == 2
+
+
+def test_ca_file_without_tls_or_missing_is_a_config_error(tmp_path: Path) -> None:
+    for keys, words in (
+        ({"ca_file": tmp_path}, ["email", "ca_file is for TLS"]),
+        ({"starttls": "true", "ca_file": tmp_path / "absent.pem"}, ["email", "is not a readable file"]),
+    ):
+        d = make_daemon()
+        try:
+            configure(d, sections=email_section(25, **keys))
+            d.start(expect_ready=False)
+            assert d.proc is not None
+            assert d.proc.wait(timeout=WAIT) != 0
+            for word in words:
+                assert word in d.log(), d.log()
+        finally:
+            d.stop()
+            shutil.rmtree(d.home, ignore_errors=True)
 
 
 # ============================================================================ the send_email step
