@@ -232,6 +232,7 @@ _PATH_KEYS = {
     ("daemon", "socket"),
     ("logging", "location"),
     ("email", "password_file"),
+    ("email", "ca_file"),
 }
 
 

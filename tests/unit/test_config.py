@@ -137,6 +137,7 @@ FULL = """\
     username = loadmgr
     password =
     password_file = smtp_password
+    ca_file = smtp-ca.pem
     timeout = 5
     send_attempts = 2
     max_log_lines = 50
@@ -149,6 +150,7 @@ FULL = """\
 
 
 def test_full_file(tmp_path: Path) -> None:
+    (tmp_path / "smtp-ca.pem").write_text("a PEM file\n")
     path = write(tmp_path, FULL)
     config = load_config(path)
     assert config.source == path
@@ -178,6 +180,7 @@ def test_full_file(tmp_path: Path) -> None:
     assert config.email.success_list == ["a@x.com", "b@y.org"]
     assert config.email.failure_list == ["ops@example.com"]
     assert config.email.logging_level == "INFO"
+    assert config.email.ca_file == tmp_path / "smtp-ca.pem"  # relative to the config file
     assert config.targets.default_target == "warehouse"
     assert config.targets.urls == {
         "warehouse": "postgresql://etl:p%%40ss@dbhost:5432/warehouse",
