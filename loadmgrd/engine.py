@@ -256,7 +256,7 @@ class Engine:
         if status.is_active:
             raise AlreadyRunning(f"job {job_name!r} is already running ({status.value})")
         if status is RunStatus.PAUSED and current is not None and not options.dry_run:
-            return await self._continue(job, current)
+            return await self._continue(job, current, options.temp_args)
         events = await self.repo.enabled_events(job_key)
         if options.resume:
             if current is None or status not in (RunStatus.STOPPED, RunStatus.FAILED):
@@ -328,10 +328,16 @@ class Engine:
             "steps": len(plan.pending),
         }
 
-    async def _continue(self, job: Row, current: Row) -> dict[str, Any]:
-        """A Paused run goes on from where it stopped (same run, same log file)."""
-        await self.repo.update_run(current["run_key"], status=RunStatus.READY.value, status_reason=None)
+    async def _continue(self, job: Row, current: Row, temp_args: dict[str, str]) -> dict[str, Any]:
+        """A Paused run goes on from where it stopped (same run, same log file); temp args given
+        now join the run's own (a key given again takes the new value) for the steps still to run."""
+        changes: dict[str, Any] = {"status": RunStatus.READY.value, "status_reason": None}
+        if temp_args:
+            changes["temp_args"] = {**current["temp_args"], **temp_args}
+        await self.repo.update_run(current["run_key"], **changes)
         run_log = RunLog(Path(current["log_file"]))
+        if temp_args:
+            run_log.write("temp args on resume: " + ", ".join(f"{k}={v}" for k, v in temp_args.items()))
         self._launch(job, current["run_key"], current["run_id"], run_log, continuing=True)
         return {
             "job": job["job_name"],

@@ -1140,7 +1140,17 @@ _RUN_STEP_COLS = ", ".join(
 )
 _RUN_EVENT_COLS = "run_key, event_name, action_type, event_type, event_item, status, status_ts"
 _RUN_MUTABLE = frozenset(
-    {"status", "status_reason", "last_completed_step", "current_step", "end_ts", "duration", "variables", "start_ts"}
+    {
+        "status",
+        "status_reason",
+        "last_completed_step",
+        "current_step",
+        "end_ts",
+        "duration",
+        "variables",
+        "start_ts",
+        "temp_args",
+    }
 )
 _STEP_MUTABLE = frozenset(
     {"status", "start_ts", "end_ts", "duration", "exit_code", "attempts", "output", "message", "attempt_log"}

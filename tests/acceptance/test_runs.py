@@ -295,6 +295,27 @@ def test_pause_then_resume(daemon: Daemon, tmp_path: Path, gate: Callable[[str],
     assert lines(out) == ["20"]
 
 
+def test_resume_of_a_paused_run_takes_new_tempargs(daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]) -> None:
+    blocker = gate("pause_targs")
+    out = tmp_path / "out.txt"
+    import_job(
+        daemon,
+        tmp_path,
+        "pause_targs",
+        [step(10, blocker.command()), step(20, f"echo >> {q(str(out))}", args="mode=own keep=own")],
+    )
+    daemon.ok("start", "--tempargs", "keep:first", "pause_targs")
+    blocker.wait_started(daemon, "pause_targs")
+    daemon.ok("pause", "pause_targs")
+    blocker.open()
+    wait_for_status(daemon, "pause_targs", "Paused")
+    daemon.ok("resume", "--tempargs", "mode:later", "pause_targs")
+    wait_for_status(daemon, "pause_targs", "Completed")
+    # The new temp arg joins the run's own; the first one stays in force.
+    assert lines(out) == ["mode=later keep=first"]
+    assert "temp args on resume: mode=later" in daemon.ok("logs", "pause_targs")
+
+
 def test_stop_before_next_step_then_resume(daemon: Daemon, tmp_path: Path, gate: Callable[[str], Gate]) -> None:
     blocker = gate("stop")
     out = tmp_path / "out.txt"
