@@ -213,7 +213,8 @@ def start(
         params["job_file_name"] = str(job_file)
         params["job_file_content_base64"] = base64.b64encode(data).decode("ascii")
     result = rpc("start", params)
-    if as_json and not wait:
+    waiting = wait and not dry_run
+    if as_json and not waiting:
         output.print_json(result)
     if dry_run:
         if not as_json:
@@ -229,10 +230,13 @@ def start(
             for message in r.get("warnings", []):
                 output.warn(message)
     if not started:
+        if as_json and waiting:
+            output.print_json(result)
         raise typer.Exit(1)
     some_refused = len(started) < len(result["results"])
-    if wait:
-        code = _wait_for([r["job"] for r in started], {r["job"]: r["run_id"] for r in started})
+    if waiting:
+        run_ids = {r["job"]: r["run_id"] for r in started}
+        code = _wait_for(list(run_ids), run_ids, json_results=result["results"] if as_json else None)
         # A failure or a stop says more than a refusal; a refusal is not "all completed".
         raise typer.Exit(code if code or not some_refused else 2)
     if some_refused:
@@ -278,8 +282,10 @@ def _print_plans(results: list[dict[str, Any]]) -> None:
             output.info("temp args: " + ", ".join(f"{k}={v}" for k, v in plan["temp_args"].items()))
 
 
-def _wait_for(jobs: list[str], run_ids: dict[str, str]) -> int:
-    """Follow the runs until each has ended; 0 all completed, 1 any failed, 3 any stopped."""
+def _wait_for(jobs: list[str], run_ids: dict[str, str], *, json_results: list[Any] | None = None) -> int:
+    """Follow the runs until each has ended; 0 all completed, 1 any failed, 3 any stopped.
+    With ``json_results`` (start's answer) print ``{"results", "runs"}`` (the runs as they
+    ended) as one JSON object instead of a line per run."""
     from loadmgrctl.transport import Connection
 
     tty = sys.stderr.isatty()
@@ -301,7 +307,9 @@ def _wait_for(jobs: list[str], run_ids: dict[str, str]) -> int:
     if tty:
         sys.stderr.write("\n")
     statuses = [r["status"] for r in runs]
-    for r in runs:
+    if json_results is not None:
+        output.print_json({"results": json_results, "runs": runs})
+    for r in [] if json_results is not None else runs:
         output.info(
             f"job {r['job']} run {r['run_id']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else "")
         )
@@ -324,6 +332,8 @@ def _progress(run: dict[str, Any]) -> str:
 
 
 def _control_results(verb: str, result: dict[str, Any]) -> None:
+    if not result["results"]:  # ALL with nothing in progress: nothing to do, and no error
+        output.info(f"{result.get('name', 'ALL')}: no run in progress")
     for r in result["results"]:
         output.info(f"job {r['job']}: {verb} ({r['status']})")
 

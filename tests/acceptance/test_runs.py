@@ -10,6 +10,7 @@ a release file (a ``Gate``), and only the marker is polled (short loop with a de
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import threading
@@ -932,3 +933,23 @@ def test_step_sees_loadmgr_environment_variables(daemon: Daemon, tmp_path: Path)
     assert env["LOADMGR_STEP"] == "20"
     assert env["LOADMGR_LOG_FILE"] == run["log_file"]
     assert Path(env["LOADMGR_LOG_FILE"]).is_file()
+
+
+def test_start_wait_json_prints_the_runs_as_they_ended(daemon: Daemon, tmp_path: Path) -> None:
+    import_job(daemon, tmp_path, "wait_json_ok", [step(10, "true")], group="wait_json")
+    import_job(daemon, tmp_path, "wait_json_bad", [step(10, "exit 3")], group="wait_json")
+    result = daemon.ctl("start", "--wait", "--json", "wait_json")
+    assert_exit(result, 1)  # one run failed
+    printed = json.loads(result.stdout)
+    assert sorted(r["job"] for r in printed["results"] if r["started"]) == ["wait_json_bad", "wait_json_ok"]
+    ended = {r["job"]: r["status"] for r in printed["runs"]}
+    assert ended == {"wait_json_ok": "Completed", "wait_json_bad": "Failed"}
+    assert {r["run_id"] for r in printed["runs"]} == {r["run_id"] for r in printed["results"]}
+
+
+def test_stop_and_pause_all_with_nothing_running_say_so(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    for command in ("stop", "pause"):
+        result = fresh_daemon.ctl(command, "ALL")
+        assert_exit(result, 0)
+        assert "ALL: no run in progress" in result.stdout + result.stderr, result
