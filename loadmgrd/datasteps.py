@@ -139,6 +139,20 @@ async def start_process(ctx: StepContext) -> StepResult:
         process_log_key=log_key,
     )
     ctx.log.write(f"process {name}: batch {batch}, {strategy.lower()} window {start} → {end}", step=ctx.job_step)
+    unlogged = [f"{r['table_schema']}.{r['table_name']}" for r in linked_rows if not r["currency_dttm"]]
+    if unlogged and process["process_type"] == ProcessType.CONSUMPTION:
+        ctx.log.write(
+            f"process {name}: linked table(s) without a data currency yet, left out of the window end: "
+            + ", ".join(unlogged),
+            step=ctx.job_step,
+            level="WARNING",
+        )
+    if window.end < window.start:
+        ctx.log.write(
+            f"process {name}: the window ends before it starts ({start} → {end}): nothing new to load or read",
+            step=ctx.job_step,
+            level="WARNING",
+        )
     return StepResult(0, output=start, variables_changed=True)
 
 

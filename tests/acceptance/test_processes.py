@@ -408,6 +408,33 @@ def test_manual_window_and_consumption_currency_date(wh: Warehouse) -> None:
     )
 
 
+def test_consumption_window_warnings(wh: Warehouse) -> None:
+    """A linked table without a currency is left out of the window end with a warning; a window
+    that ends before it starts (the currency went back) is opened with a warning."""
+    d, schema = wh.d, wh.schema
+    loaded, empty = wh.table("warn_loaded"), wh.table("warn_empty")
+    wh.sql(f"INSERT INTO {loaded} (id, load_dttm) VALUES (1, '2024-10-05 17:45:00')")
+    for name in ("warn_loaded", "warn_empty"):
+        call(d, "currency.configure", {"schema": schema, "table": name, "column": "load_dttm"})
+    call(d, "process.add", {"name": "warn_report", "process_type": "consumption"})
+    for name in ("warn_loaded", "warn_empty"):
+        call(d, "link.create", {"process": "warn_report", "schema": schema, "table": name})
+    assert run_rpc(d, "warn_log", [step(10, "log_data_currency", f"{schema} warn_loaded")])["status"] == "Completed"
+    report = [step(10, "start_process", "warn_report"), step(20, "stop_process", "warn_report")]
+
+    assert run_rpc(d, "warn_report", report)["status"] == "Completed"
+    text = d.ok("logs", "warn_report")
+    assert f"without a data currency yet, left out of the window end: {empty}" in text, text
+    assert "ends before it starts" not in text
+
+    # The loaded table's currency goes back (a reload of older data): the next window is empty.
+    back = [step(10, "log_data_currency", f"{schema} warn_loaded", "currency_date=2024-10-01")]
+    assert run_rpc(d, "warn_log", back)["status"] == "Completed"
+    assert run_rpc(d, "warn_report", report)["status"] == "Completed"
+    text = d.ok("logs", "warn_report")
+    assert "the window ends before it starts (2024-10-05 17:45:00 → 2024-10-01 00:00:00)" in text, text
+
+
 def test_two_runs_of_a_process_never_share_a_batch_number(wh: Warehouse) -> None:
     d = wh.d
     table = wh.table("twice")
