@@ -81,6 +81,7 @@ class Daemon:
         self.engine: Any = None
         self.repo: Repository | None = None
         self._server: Server | None = None
+        self._listening = str(config.daemon.socket)  # the path clients connect to
         self._stop: asyncio.Event | None = None
         self._sigint_count = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -155,9 +156,12 @@ class Daemon:
             interval = systemd.watchdog_interval()
             if interval is not None:
                 self._background(self._watchdog(interval), "systemd watchdog")
-            where = f"{socket_path} (socket activation)" if activated else str(socket_path)
+            # Under socket activation the socket is the one systemd passed, wherever it lives.
+            name = sock.getsockname()
+            self._listening = name if isinstance(name, str) and name else str(socket_path)
+            where = f"{self._listening} (socket activation)" if activated else self._listening
             log.info("loadmgrd %s listening on %s (pid %d)", __version__, where, os.getpid())
-            systemd.notify(f"READY=1\nSTATUS=serving on {socket_path}\nMAINPID={os.getpid()}")
+            systemd.notify(f"READY=1\nSTATUS=serving on {self._listening}\nMAINPID={os.getpid()}")
             await self._stop.wait() if self._stop else None
             log.info("shutting down")
             systemd.notify("STOPPING=1")
@@ -279,7 +283,7 @@ class Daemon:
             return
         counts = self.engine.counts()
         text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "idle"
-        systemd.notify(f"STATUS=serving on {self.config.daemon.socket}; runs: {text}")
+        systemd.notify(f"STATUS=serving on {self._listening}; runs: {text}")
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -391,6 +391,11 @@ def test_notify_socket_nowhere_is_logged_once_and_harmless(
 def test_socket_activation(fresh_daemon: Daemon, launch: Callable[..., Launched], tmp_path: Path) -> None:
     d = fresh_daemon
     d.socket.parent.mkdir(parents=True)
+    # The unit's socket need not be where the config says: the passed one is what counts.
+    configured = d.socket.with_name("configured.sock")
+    text = d.config_file.read_text()
+    assert f"socket = {d.socket}\n" in text
+    d.config_file.write_text(text.replace(f"socket = {d.socket}\n", f"socket = {configured}\n"))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(str(d.socket))
@@ -400,7 +405,9 @@ def test_socket_activation(fresh_daemon: Daemon, launch: Callable[..., Launched]
         n = launch(wrapper=[PYTHON, "-c", _ACTIVATE, str(listener.fileno())], pass_fds=[listener.fileno()])
         n.wait_ready()
         assert d.json("ping")["pid"] == n.proc.pid  # through loadmgrctl
-        assert "socket activation" in d.log(), d.log()
+        assert f"listening on {d.socket} (socket activation)" in d.log(), d.log()
+        assert any(f"STATUS=serving on {d.socket}" in m for m in n.messages), n.messages
+        assert not configured.exists()
         assert d.socket.stat().st_ino == inode, "the daemon replaced the socket it was handed"
 
         out = tmp_path / "env.txt"
