@@ -413,7 +413,11 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._no_starts.wait(), START_SETTLE_TIMEOUT)
         if name == ALL:
-            return [await self._stop_active(active, now) for active in list(self.runs.values())]
+            results = [await self._stop_active(active, now) for active in list(self.runs.values())]
+            for paused in await self.repo.paused_runs():  # a Paused run has no task: only its row
+                if paused["job_key"] not in self.runs:
+                    results.append(await self._stop_paused(paused["job_name"], paused["run_key"]))
+            return results
         for job in jobs:
             run = self.runs.get(job["job_key"])
             if run is not None:
@@ -421,20 +425,20 @@ class Engine:
                 continue
             current = await self.repo.current_run(job["job_key"])
             if current is not None and current["status"] == RunStatus.PAUSED:
-                await self.repo.update_run(
-                    current["run_key"],
-                    status=RunStatus.STOPPED.value,
-                    status_reason="stopped while paused",
-                    end_ts=now_ts(),
-                )
-                self.changed()
-                results.append({"job": job["job_name"], "status": RunStatus.STOPPED.value})
+                results.append(await self._stop_paused(job["job_name"], current["run_key"]))
             elif not is_group:
                 status = current["status"] if current else RunStatus.NOT_RUNNING.value
                 raise NotRunning(f"job {job['job_name']!r} is not running ({status})")
         if is_group and not results:
             raise NotRunning(f"no job of group {name!r} is running")
         return results
+
+    async def _stop_paused(self, job_name: str, run_key: int) -> dict[str, Any]:
+        await self.repo.update_run(
+            run_key, status=RunStatus.STOPPED.value, status_reason="stopped while paused", end_ts=now_ts()
+        )
+        self.changed()
+        return {"job": job_name, "status": RunStatus.STOPPED.value}
 
     def _stopped_since(self, job_key: int, begun: int) -> bool:
         return max(self._all_stopped_at, self._job_stopped_at.get(job_key, 0)) > begun

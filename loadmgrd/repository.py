@@ -343,6 +343,14 @@ class Repository:
         sql += " ORDER BY j.job_name"
         return await self._all(sql, params)
 
+    async def paused_runs(self) -> list[Row]:
+        """Every current run that is Paused: job name, job key, run key."""
+        return await self._all(
+            "SELECT j.job_name, j.job_key, r.run_key FROM job_run r JOIN job j ON j.job_key = r.job_key "
+            "WHERE r.status = ? ORDER BY j.job_name",
+            (RunStatus.PAUSED.value,),
+        )
+
     async def current_run(self, job_key: int) -> Row | None:
         return await self._one("SELECT * FROM job_run WHERE job_key = ?", (job_key,))
 
