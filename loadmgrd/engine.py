@@ -216,7 +216,8 @@ class Engine:
                 results.append(await self._start_one(job, options))
             except LoadmgrError as exc:
                 if isinstance(exc, AlreadyRunning) and self.notifier is not None and not options.dry_run:
-                    self.notifier.start_refused(job["job_name"], exc.message)
+                    active = self.runs.get(job["job_key"])
+                    self.notifier.start_refused(job["job_name"], exc.message, active.run_id if active else None)
                 if not is_group:
                     raise
                 results.append(_refusal(job, exc))

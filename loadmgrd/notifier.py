@@ -73,6 +73,7 @@ class Notifier:
     def __init__(self, config: Callable[[], Config]) -> None:
         self._config = config
         self._queue: asyncio.Queue[tuple[EmailMessage, str]] = asyncio.Queue(QUEUE_LIMIT)
+        self._refusals_mailed: dict[str, str] = {}  # job → the run a refused-start mail was sent for
         self.sent = 0
         self.failed = 0
 
@@ -167,17 +168,29 @@ class Notifier:
         )
         self._queue_mail(msg, f"{label} mail for run {run['run_id']} of {job}")
 
-    def start_refused(self, job: str, reason: str) -> None:
+    def start_refused(self, job: str, reason: str, blocking_run: str | None = None) -> None:
+        """A start refused because the job runs: one mail per run in the way (a schedule firing
+        every minute at a job that overruns would otherwise mail every minute)."""
         email = self.email
         if not email.failure_list:
             log.debug("no refused-start mail for %s: the failure list is empty", job)
             return
+        if blocking_run is not None:
+            if self._refusals_mailed.get(job) == blocking_run:
+                log.info("refused start of %s: already mailed for run %s", job, blocking_run)
+                return
+            self._refusals_mailed[job] = blocking_run
         msg = mail.message(
             subject_line=mail.subject("WARNING", job),
             sender=sender(email),
             recipients=email.failure_list,
             title=f"loadmgr: start of job {job} refused",
-            fields=[("Job", job), ("Reason", reason), ("Host", socket.gethostname())],
+            fields=[
+                ("Job", job),
+                ("Reason", reason),
+                *([("Running run id", blocking_run)] if blocking_run else []),
+                ("Host", socket.gethostname()),
+            ],
         )
         self._queue_mail(msg, f"refused-start mail for {job}")
 

@@ -463,6 +463,13 @@ def test_refused_start_of_a_running_job_mails_warning_to_the_failure_list(
     refused = mailer.ctl("start", job)
     assert refused.returncode != 0 and "already running" in refused.stderr, refused
     [warning] = inbox.wait_for(for_job(job))
+    run_id = current_run(mailer, job)["run_id"]
+    field(warning, "Running run id", run_id)
+    # Refused again while the same run is in the way: logged, not mailed again (a schedule that
+    # fires every minute at an overrunning job would otherwise mail every minute).
+    again = mailer.ctl("start", job)
+    assert again.returncode != 0 and "already running" in again.stderr, again
+    wait_for_log(mailer, re.escape(f"refused start of {job}: already mailed for run {run_id}"))
     assert warning.subject == f"WARNING-loadmgr:{job}"
     assert list(warning.rcpt_tos) == FAILURE_LIST
     assert warning.mail_from == f"loadmgr@{FROM_DOMAIN}"
