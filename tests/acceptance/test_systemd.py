@@ -77,6 +77,7 @@ class Launched:
         wrapper: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
         notify: str | None = "own",
+        args: Sequence[str] = (),
     ) -> None:
         self.d = d
         self.messages: list[str] = []
@@ -92,7 +93,7 @@ class Launched:
         elif notify is not None:
             variables["NOTIFY_SOCKET"] = notify
         variables.update(env or {})
-        command = [*wrapper, PYTHON, "-m", "loadmgrd", "--config", str(d.config_file)]
+        command = [*wrapper, PYTHON, "-m", "loadmgrd", "--config", str(d.config_file), *args]
         try:
             with open(d.stderr_path, "ab") as stderr:  # the child keeps its own descriptor
                 self.proc = subprocess.Popen(
@@ -486,6 +487,53 @@ def test_sigusr1_reopens_run_logs(fresh_daemon: Daemon, gates: Callable[[str], G
     assert "BEFORE-ROTATION" in rotated.read_text()
     assert "BEFORE-ROTATION" not in log_file.read_text()
     assert log_file.stat().st_ino != rotated.stat().st_ino
+
+
+# ============================================================================ 6b. SIGINT twice, JSON log
+
+
+def test_a_second_sigint_exits_at_once(
+    fresh_daemon: Daemon, launch: Callable[..., Launched], gates: Callable[[str], Gate], tmp_path: Path
+) -> None:
+    """The first SIGINT starts a graceful stop, which here would wait out a 60 s grace period for
+    a step that ignores SIGTERM; the second ends the daemon at once (exit 130)."""
+    d = fresh_daemon
+    text = d.config_file.read_text()
+    d.config_file.write_text(text.replace("[daemon]\n", "[daemon]\nstop_grace_period = 60\n", 1))
+    n = launch()
+    n.wait_ready()
+    gate = gates("stubborn")
+    pgid_file = tmp_path / "stubborn.pgid"
+    one_step_job(d, tmp_path, "stubborn", f"trap '' TERM; echo $$ > {q(str(pgid_file))}; {gate.command()}")
+    start_job(d, "stubborn")
+    gate.wait_started()
+    pgid = int(pgid_file.read_text())
+    try:
+        n.proc.send_signal(signal.SIGINT)
+        n.receive_until(has_line("STOPPING=1"), "STOPPING=1")
+        wait_for(lambda: "SIGINT received" in d.log(), "the first SIGINT to be logged")
+        begun = time.monotonic()
+        n.proc.send_signal(signal.SIGINT)
+        assert n.proc.wait(timeout=WAIT_TIMEOUT) == 130
+        assert time.monotonic() - begun < 30, "the second SIGINT waited for the grace period"
+        assert "second SIGINT: exiting at once" in d.log()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def test_log_format_json_writes_one_object_per_line(fresh_daemon: Daemon, launch: Callable[..., Launched]) -> None:
+    d = fresh_daemon
+    n = launch(args=["--log-format", "json"])
+    n.wait_ready()
+    assert n.terminate() == 0
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    assert len(lines) >= 3, lines
+    entries = [json.loads(line) for line in lines]  # every line is a JSON object
+    for entry in entries:
+        assert set(entry) >= {"ts", "level", "logger", "message"}, entry
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", entry["ts"]), entry
+    assert any("listening on" in e["message"] and e["level"] == "INFO" for e in entries), entries
 
 
 # ============================================================================ 7. backup and check
