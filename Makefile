@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest install install-test bench clean
+.PHONY: run test lint typecheck pytest install install-test system-packages bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,12 @@ pytest: install-test
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	 if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
+## The Debian packages the tests need (PostgreSQL server binaries, psql, setpriv, logrotate), when missing.
+system-packages:
+	@bash .ci/system-packages
+
 ## Lint, type-check and run the whole test suite.
-test: lint typecheck pytest
+test: system-packages lint typecheck pytest
 
 ## Run every benchmark (a table, and JSON in bench/results/); supervisor is the P2 baseline.
 bench: install
