@@ -248,8 +248,10 @@ class Engine:
         if self.recovery is not None and not self.recovery.done():
             await asyncio.shield(self.recovery)  # no step may run while its crashed twin still does
         active = self.runs.get(job_key)
-        if active is not None and not active.status.is_active and active.task is not None:
-            await asyncio.shield(active.task)  # it has just ended and is finishing its bookkeeping
+        if active is not None and (active.closing or not active.status.is_active) and active.task is not None:
+            # It has just ended (a reader may already have seen its end) and is finishing its
+            # bookkeeping: this start follows it rather than being refused as "already running".
+            await asyncio.shield(active.task)
         if job_key in self.runs:
             raise AlreadyRunning(f"job {job_name!r} is already running ({self.runs[job_key].status.value})")
         current = await self.repo.run_detail(job_key)

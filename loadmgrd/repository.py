@@ -2,7 +2,9 @@
 
 One SQLite file in WAL mode, opened through aiosqlite with two connections: a writer, whose
 transactions are serialised by an asyncio lock (``BEGIN IMMEDIATE`` … ``COMMIT``), and a reader
-for queries, which sees the last committed state and never waits for the writer.
+for queries, which sees the last committed state and never waits for the writer. A third,
+plain connection commits a step's small writes on the event loop's thread when nothing is in
+the way (``Repository._write_at_once``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from loadmgrd.timefmt import now_ts
 Row = dict[str, Any]
 
 _BOOL_FIELDS = ("job_step_ignore_error", "job_step_capture_output", "skip_step")
+# A step's two writes (its start, its outcome) are committed on the event loop's own thread when
+# nothing stands in the way (see Repository._write_at_once); that connection never checkpoints
+# the WAL itself, the writer thread does it every this many of those commits.
+CHECKPOINT_EVERY = 256
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class Repository:
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
         self.applied_at_open: list[Migration] = []
+        self._direct: sqlite3.Connection | None = None  # see _write_at_once
+        self._direct_commits = 0
+        self._checkpoints: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -89,10 +98,26 @@ class Repository:
         try:
             repo.applied_at_open = await repo.migrate()
             await repo._check_writable()
+            repo._direct = cls._connect_direct(path)
         except BaseException:
             await repo.close()
             raise
         return repo
+
+    @staticmethod
+    def _connect_direct(path: Path) -> sqlite3.Connection:
+        """The event loop thread's own connection for the per-step writes: it never waits for a
+        lock (busy timeout 0: a busy database sends the write the usual way) and never
+        checkpoints (a checkpoint syncs the file: the writer thread does those)."""
+        try:
+            conn = sqlite3.connect(str(path), timeout=0, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as exc:
+            raise RepositoryError(f"cannot open repository {path}: {exc}") from None
+        return conn
 
     async def _check_writable(self) -> None:
         """A real (no-op) write: an empty transaction succeeds even on a read-only file."""
@@ -121,9 +146,56 @@ class Repository:
         return conn
 
     async def close(self) -> None:
+        for task in list(self._checkpoints):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._direct is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._direct.close()
+            self._direct = None
         for conn in (self._reader, self._writer):
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await conn.close()
+
+    def _write_at_once(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> bool:
+        """Commit a few small statements right here, on the event loop's thread, when that costs
+        no waiting: no write of ours is under way (the write lock is free, and nothing awaits in
+        between, so none can start) and SQLite takes the write lock at once. That saves the
+        round trip to the writer thread (about 0.1 ms of a 1.5 ms step). Returns False, having
+        written nothing, when the write must go the usual way (another process holds the lock).
+        The commit is the same WAL commit as the writer thread's: as durable, at the same point."""
+        conn = self._direct
+        if conn is None or self._write_lock.locked():
+            return False
+        try:
+            if len(statements) == 1:
+                conn.execute(*statements[0])  # autocommit: one atomic statement (and its trigger)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in statements:
+                        conn.execute(*statement)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise
+        self._direct_commits += 1
+        if self._direct_commits % CHECKPOINT_EVERY == 0:
+            task = asyncio.ensure_future(self._checkpoint())
+            self._checkpoints.add(task)
+            task.add_done_callback(self._checkpoints.discard)
+        return True
+
+    async def _checkpoint(self) -> None:
+        """Fold the WAL back into the database file, in the writer thread (PASSIVE: it never
+        waits for readers)."""
+        with contextlib.suppress(sqlite3.Error):
+            async with self._write_lock:
+                await self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -401,11 +473,14 @@ class Repository:
     async def step_started(self, run_key: int, job_step: int, start_ts: str, pgid: int) -> None:
         """Record a step's process group the moment it exists (for recovery after a crash).
         One statement in autocommit mode: atomic by itself, one trip to the database thread."""
+        statement = (
+            "UPDATE job_run_step SET status = 'Running', start_ts = ?, pgid = ? WHERE run_key = ? AND job_step = ?",
+            (start_ts, pgid, run_key, job_step),
+        )
+        if self._write_at_once([statement]):
+            return
         async with self._write_lock:
-            await self._writer.execute(
-                "UPDATE job_run_step SET status = 'Running', start_ts = ?, pgid = ? WHERE run_key = ? AND job_step = ?",
-                (start_ts, pgid, run_key, job_step),
-            )
+            await self._writer.execute(*statement)
 
     # ------------------------------------------------------------------ runs
 
@@ -527,13 +602,22 @@ class Repository:
         sql = f"UPDATE job_run_step SET {assignments} WHERE run_key = ? AND job_step = ?"
         values = (*(_json_value(v) for v in step.values()), run_key, job_step)
         extra = {k: v for k, v in run.items() if k not in ("current_step", "last_completed_step")}
+        statements: list[tuple[str, Sequence[Any]]] = [(sql, values)]
+        if extra:
+            unknown = set(extra) - _RUN_MUTABLE
+            if unknown:
+                raise RepositoryError(f"not run columns: {', '.join(sorted(unknown))}")
+            run_sql = f"UPDATE job_run SET {', '.join(f'{k} = ?' for k in extra)} WHERE run_key = ?"
+            statements.append((run_sql, (*(_json_value(v) for v in extra.values()), run_key)))
+        if self._write_at_once(statements):
+            return
         if not extra:
             async with self._write_lock:
                 await self._writer.execute(sql, values)
             return
         async with self._tx() as conn:
-            await conn.execute(sql, values)
-            await self._update_run(conn, run_key, extra)
+            for statement in statements:
+                await conn.execute(*statement)
 
     async def set_event_status(self, run_key: int, event_name: str, status: str) -> None:
         async with self._tx() as conn:

@@ -80,6 +80,7 @@ class ActiveRun:
     base_env: dict[str, str] | None = None  # the steps' environment before per-step names
     step_outputs: dict[str, str] | None = None  # %step_N% values of the run's complete steps
     terminators: list[asyncio.Future[None]] = field(default_factory=list)
+    closing: bool = False  # its end is being written: readers may already see it ended
 
     # ------------------------------------------------------------------ control
 
@@ -517,6 +518,7 @@ class ActiveRun:
         if ended:
             fields["end_ts"] = now_ts()
             fields["duration"] = round(time.monotonic() - self.started_monotonic, 6)
+        self.closing = True
         await self.engine.repo.update_run(self.run_key, **fields)
         self.status = status
         self.engine.forget(self)  # from now on the job may start again

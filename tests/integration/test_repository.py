@@ -163,3 +163,39 @@ async def test_step_completion_moves_run_progress_in_the_same_statement(repo: Re
     run = await repo.run_by_key(run_key)
     assert run is not None and (run["current_step"], run["last_completed_step"]) == (30, 20)
     assert [s["status"] for s in run["steps"]] == ["Success", "Success", "Failure"]
+
+
+async def test_step_writes_wait_for_another_writer_without_blocking_the_loop(tmp_path: Path) -> None:
+    """A step's outcome is committed on the loop's thread only when the database is free; while
+    another process holds the write lock it goes through the writer thread (which waits up to
+    busy_timeout), and the event loop keeps running meanwhile. Nothing is lost either way."""
+    from loadmgrd.repository import NewRun, NewStep
+
+    repo = await Repository.open(tmp_path / "loadmgr.db", busy_timeout=20.0)
+    try:
+        steps = [StepDef(n, "run_command", "true") for n in (10, 20)]
+        await repo.import_job("j", None, "j.csv", steps, force=False)
+        key = (await repo.get_job("j"))["job_key"]
+        new = NewRun(key, "r1", "Running", "t", "l", [NewStep(s) for s in steps], [])
+        run_key = await repo.create_run(new)
+        outcome = {"status": "Success", "end_ts": "t", "duration": 0.1, "exit_code": 0, "attempts": 1}
+        await repo.finish_step(run_key, 10, outcome, {"current_step": 10, "last_completed_step": 10})
+
+        other = sqlite3.connect(repo.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        finishing = asyncio.ensure_future(
+            repo.finish_step(run_key, 20, outcome, {"current_step": 20, "last_completed_step": 20})
+        )
+        ticks = 0
+        while ticks < 20:  # the loop goes on while the write waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not finishing.done(), "the write cannot have been committed while another holds the lock"
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(finishing, 20)
+        run = await repo.run_by_key(run_key)
+        assert run is not None and run["last_completed_step"] == 20
+        assert [s["status"] for s in run["steps"]] == ["Success", "Success"]
+    finally:
+        await repo.close()
