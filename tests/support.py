@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, make_daemon
 
 WAIT_TIMEOUT = 30.0  # upper bound for any state we wait for; normally reached in well under a second
 POLL = 0.02  # only where no event exists (marker files, /proc, the schedule list, log lines)
@@ -250,6 +252,20 @@ class Gate:
 
 
 # ---------------------------------------------------------------------------- configuration
+
+
+@contextlib.contextmanager
+def configured_daemon(sections: str = "", daemon_keys: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """A daemon of its own with these config sections (and [daemon] keys), started; stopped and
+    removed afterwards."""
+    d = make_daemon()
+    try:
+        configure(d, daemon_keys=daemon_keys, sections=sections)
+        d.start()
+        yield d
+    finally:
+        d.stop()
+        shutil.rmtree(d.home, ignore_errors=True)
 
 
 def configure(

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.acceptance.test_processes import (
     HIGH,
@@ -30,40 +28,16 @@ from tests.acceptance.test_processes import (
     run_rpc,
     step,
     steps_of,
-    target_config,
+    warehouse_daemon,
 )
-from tests.conftest import Daemon, make_daemon
-from tests.pg import PostgresServer
+from tests.conftest import Daemon
 from tests.support import call
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def wh(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
     """One daemon per backend for the module, its default target ``dw`` on that backend."""
-    d = make_daemon()
-    if request.param == "postgresql":
-        server: PostgresServer = request.getfixturevalue("pg_server")
-        url = server.create_database("data_steps_at")
-        schema = "dw"
-        engine = create_engine(url)
-        try:
-            with engine.begin() as conn:
-                conn.execute(text("CREATE SCHEMA IF NOT EXISTS dw"))
-        finally:
-            engine.dispose()
-    else:
-        url = f"sqlite:///{d.home}/dw.db"
-        schema = "main"
-    with d.config_file.open("a") as config:
-        config.write(target_config(url))
-    warehouse = Warehouse(request.param, d, schema, url)
-    try:
-        d.start()
-        yield warehouse
-    finally:
-        d.stop()
-        warehouse.engine.dispose()
-        shutil.rmtree(d.home, ignore_errors=True)
+    yield from warehouse_daemon(request, "data_steps_at")
 
 
 def run_log(status: dict[str, Any]) -> str:

@@ -150,12 +150,13 @@ def target_config(url: str) -> str:
     )
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def wh(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
-    """One daemon per backend for the module, its default target on that backend."""
+def warehouse_daemon(request: pytest.FixtureRequest, database: str) -> Iterator[Warehouse]:
+    """A daemon whose default target ``dw`` is on ``request.param``'s backend (PostgreSQL: the
+    session's server, database ``database``, schema ``dw``; SQLite: a file, schema ``main``)."""
+    d = make_daemon()
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("pg_server")
-        url = server.create_database("processes_at")
+        url = server.create_database(database)
         schema = "dw"
         engine = create_engine(url)
         try:
@@ -163,9 +164,7 @@ def wh(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
                 conn.execute(text("CREATE SCHEMA IF NOT EXISTS dw"))
         finally:
             engine.dispose()
-        d = make_daemon()
     else:
-        d = make_daemon()
         url = f"sqlite:///{d.home}/dw.db"
         schema = "main"
     with d.config_file.open("a") as config:
@@ -178,6 +177,12 @@ def wh(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
         d.stop()
         warehouse.engine.dispose()
         shutil.rmtree(d.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def wh(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
+    """One daemon per backend for the module, its default target on that backend."""
+    yield from warehouse_daemon(request, "processes_at")
 
 
 # ---------------------------------------------------------------------------- the worked example

@@ -10,7 +10,6 @@ state (``watch`` long poll) or a Gate step's marker file, never a sleep.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, make_daemon
+from tests.conftest import Daemon
 from tests.support import (
     Gate,
     assert_exit,
     by_step,
     call,
-    configure,
+    configured_daemon,
     current_run,
     import_job,
     lines,
@@ -296,14 +295,8 @@ def test_captured_output_is_cut_at_the_default_limit(daemon: Daemon, tmp_path: P
 
 @pytest.fixture
 def small_capture_daemon() -> Iterator[Daemon]:
-    d = make_daemon()
-    try:
-        configure(d, sections="[jobs]\ncapture_output_limit = 100\n")
-        d.start()
+    with configured_daemon("[jobs]\ncapture_output_limit = 100\n") as d:
         yield d
-    finally:
-        d.stop()
-        shutil.rmtree(d.home, ignore_errors=True)
 
 
 def test_captured_output_is_cut_at_a_configured_limit(small_capture_daemon: Daemon, tmp_path: Path) -> None:
@@ -348,14 +341,8 @@ def test_raw_variable_is_pasted_unquoted(daemon: Daemon, tmp_path: Path) -> None
 
 @pytest.fixture
 def dollar_daemon() -> Iterator[Daemon]:
-    d = make_daemon()
-    try:
-        configure(d, sections="[jobs]\nvariable_delimiter = $\n")
-        d.start()
+    with configured_daemon("[jobs]\nvariable_delimiter = $\n") as d:
         yield d
-    finally:
-        d.stop()
-        shutil.rmtree(d.home, ignore_errors=True)
 
 
 def test_other_variable_delimiter_is_used_at_run_time(dollar_daemon: Daemon, tmp_path: Path) -> None:
