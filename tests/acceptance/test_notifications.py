@@ -202,16 +202,7 @@ def email_section(port: int, **keys: Any) -> str:
     return "\n[email]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
 
 
-@contextlib.contextmanager
-def running_daemon(sections: str, daemon_keys: dict[str, str] | None = None) -> Iterator[Daemon]:
-    d = make_daemon()
-    try:
-        configure(d, daemon_keys=daemon_keys, sections=sections)
-        d.start()
-        yield d
-    finally:
-        d.stop()
-        shutil.rmtree(d.home, ignore_errors=True)
+running_daemon = support.configured_daemon
 
 
 @pytest.fixture(scope="module")
