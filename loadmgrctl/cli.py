@@ -87,8 +87,9 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def rpc(method: str, params: dict[str, Any] | None = None) -> Any:
-    """Send one request; print the daemon's message and exit non-zero on any error."""
+def rpc(method: str, params: dict[str, Any] | None = None, *, warnings: frozenset[int] = frozenset()) -> Any:
+    """Send one request; print the daemon's message and exit non-zero on any error (an error
+    whose code is in ``warnings`` is printed as a warning, with the same exit code)."""
     settings = _settings
     try:
         return call(settings.socket_path(), method, params)
@@ -97,8 +98,8 @@ def rpc(method: str, params: dict[str, Any] | None = None) -> Any:
             import traceback
 
             traceback.print_exc()
-        if isinstance(exc, RpcError) and exc.code == NOTHING_TO_RESUME and method == "start":
-            output.warn(str(exc))  # a warning, not a fault: there is simply nothing left to run
+        if isinstance(exc, RpcError) and exc.code in warnings:
+            output.warn(str(exc))
             raise typer.Exit(exc.exit_code) from None
         _fail(str(exc), exc.exit_code)
 
@@ -212,7 +213,8 @@ def start(
             _fail(f"cannot read {job_file}: {exc.strerror}")
         params["job_file_name"] = str(job_file)
         params["job_file_content_base64"] = base64.b64encode(data).decode("ascii")
-    result = rpc("start", params)
+    # Nothing left to resume is a warning, not a fault (SPEC §5): there is simply nothing to run.
+    result = rpc("start", params, warnings=frozenset({NOTHING_TO_RESUME}))
     waiting = wait and not dry_run
     if as_json and not waiting:
         output.print_json(result)
@@ -236,7 +238,7 @@ def start(
     some_refused = len(started) < len(result["results"])
     if waiting:
         run_ids = {r["job"]: r["run_id"] for r in started}
-        code = _wait_for(list(run_ids), run_ids, json_results=result["results"] if as_json else None)
+        code = _wait_for(run_ids, json_results=result["results"] if as_json else None)
         # A failure or a stop says more than a refusal; a refusal is not "all completed".
         raise typer.Exit(code if code or not some_refused else 2)
     if some_refused:
@@ -282,8 +284,8 @@ def _print_plans(results: list[dict[str, Any]]) -> None:
             output.info("temp args: " + ", ".join(f"{k}={v}" for k, v in plan["temp_args"].items()))
 
 
-def _wait_for(jobs: list[str], run_ids: dict[str, str], *, json_results: list[Any] | None = None) -> int:
-    """Follow the runs until each has ended; 0 all completed, 1 any failed, 3 any stopped.
+def _wait_for(run_ids: dict[str, str], *, json_results: list[Any] | None = None) -> int:
+    """Follow the runs (job → run id) until each has ended; 0 all completed, 1 any failed, 3 any stopped.
     With ``json_results`` (start's answer) print ``{"results", "runs"}`` (the runs as they
     ended) as one JSON object instead of a line per run."""
     from loadmgrctl.transport import Connection
@@ -294,7 +296,7 @@ def _wait_for(jobs: list[str], run_ids: dict[str, str], *, json_results: list[An
     try:
         with Connection(settings.socket_path()) as conn:
             while True:
-                reply = conn.call("watch", {"names": jobs, "since": since, "wait": 1.0 if tty else 10.0})
+                reply = conn.call("watch", {"names": list(run_ids), "since": since, "wait": 1.0 if tty else 10.0})
                 since = reply["version"]
                 runs = [r for r in reply["runs"] if run_ids.get(r["job"]) in (r["run_id"], None)]
                 if tty:
@@ -309,10 +311,11 @@ def _wait_for(jobs: list[str], run_ids: dict[str, str], *, json_results: list[An
     statuses = [r["status"] for r in runs]
     if json_results is not None:
         output.print_json({"results": json_results, "runs": runs})
-    for r in [] if json_results is not None else runs:
-        output.info(
-            f"job {r['job']} run {r['run_id']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else "")
-        )
+    else:
+        for r in runs:
+            output.info(
+                f"job {r['job']} run {r['run_id']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else "")
+            )
     if "Failed" in statuses:
         return 1
     if "Stopped" in statuses:
@@ -333,7 +336,7 @@ def _progress(run: dict[str, Any]) -> str:
 
 def _control_results(verb: str, result: dict[str, Any]) -> None:
     if not result["results"]:  # ALL with nothing in progress: nothing to do, and no error
-        output.info(f"{result.get('name', 'ALL')}: no run in progress")
+        output.info(f"{result['name']}: no run in progress")
     for r in result["results"]:
         output.info(f"job {r['job']}: {verb} ({r['status']})")
 

@@ -579,15 +579,8 @@ class Repository:
 
     @staticmethod
     async def _update_run(conn: aiosqlite.Connection, run_key: int, fields: Mapping[str, Any]) -> None:
-        unknown = set(fields) - _RUN_MUTABLE
-        if unknown:
-            raise RepositoryError(f"not run columns: {', '.join(sorted(unknown))}")
         if fields:
-            assignments = ", ".join(f"{k} = ?" for k in fields)
-            await conn.execute(
-                f"UPDATE job_run SET {assignments} WHERE run_key = ?",
-                (*(_json_value(v) for v in fields.values()), run_key),
-            )
+            await conn.execute(*_run_update(run_key, fields))
 
     async def finish_step(self, run_key: int, job_step: int, step: Mapping[str, Any], run: Mapping[str, Any]) -> None:
         """A step's outcome and the run's progress, committed together: the durability point.
@@ -604,11 +597,7 @@ class Repository:
         extra = {k: v for k, v in run.items() if k not in ("current_step", "last_completed_step")}
         statements: list[tuple[str, Sequence[Any]]] = [(sql, values)]
         if extra:
-            unknown = set(extra) - _RUN_MUTABLE
-            if unknown:
-                raise RepositoryError(f"not run columns: {', '.join(sorted(unknown))}")
-            run_sql = f"UPDATE job_run SET {', '.join(f'{k} = ?' for k in extra)} WHERE run_key = ?"
-            statements.append((run_sql, (*(_json_value(v) for v in extra.values()), run_key)))
+            statements.append(_run_update(run_key, extra))
         if self._write_at_once(statements):
             return
         if not extra:
@@ -1247,6 +1236,15 @@ _RUN_MUTABLE = frozenset(
 _STEP_MUTABLE = frozenset(
     {"status", "start_ts", "end_ts", "duration", "exit_code", "attempts", "output", "message", "attempt_log"}
 )
+
+
+def _run_update(run_key: int, fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE of a current run's mutable columns, with its parameters."""
+    unknown = set(fields) - _RUN_MUTABLE
+    if unknown:
+        raise RepositoryError(f"not run columns: {', '.join(sorted(unknown))}")
+    assignments = ", ".join(f"{k} = ?" for k in fields)
+    return f"UPDATE job_run SET {assignments} WHERE run_key = ?", (*(_json_value(v) for v in fields.values()), run_key)
 
 
 def _json_value(value: Any) -> Any:
