@@ -126,6 +126,16 @@ def status_of(d: Daemon, job: str) -> dict[str, Any]:
     return call(d, "status", {"job": job})
 
 
+def stays(d: Daemon, job: str, status: str, seconds: float) -> None:
+    """Assert the job's run stays in ``status`` for ``seconds``, following every change (``watch``)."""
+    deadline = time.monotonic() + seconds
+    since = -1
+    while (remaining := deadline - time.monotonic()) > 0:
+        result = call(d, "watch", {"names": [job], "since": since, "wait": remaining})
+        assert result["runs"][0]["status"] == status, f"job {job} left {status}: {status_of(d, job)}"
+        since = result["version"]
+
+
 def current_run(d: Daemon, job: str) -> dict[str, Any]:
     run = status_of(d, job)["run"]
     assert run is not None, f"job {job} has no run"

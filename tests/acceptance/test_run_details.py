@@ -30,6 +30,7 @@ from tests.support import (
     lines,
     q,
     status_of,
+    stays,
     step,
     wait_for_status,
 )
@@ -48,16 +49,6 @@ def start_wait(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
 
 def events_of(run: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e["event_name"], e["status"]) for e in run["events"]]
-
-
-def stays(d: Daemon, job: str, status: str, seconds: float = SETTLE) -> None:
-    """Assert the job's run stays in ``status`` for ``seconds``, following every change (``watch``)."""
-    deadline = time.monotonic() + seconds
-    since = -1
-    while (remaining := deadline - time.monotonic()) > 0:
-        result = call(d, "watch", {"names": [job], "since": since, "wait": remaining})
-        assert result["runs"][0]["status"] == status, f"job {job} left {status}: {status_of(d, job)}"
-        since = result["version"]
 
 
 def wait_for_first(d: Daemon, jobs: list[str], status: str, timeout: float = 30.0) -> list[str]:
@@ -115,7 +106,7 @@ def test_events_are_frozen_into_a_waiting_run(daemon: Daemon, tmp_path: Path, ch
     job_events = {e["event_name"]: bool(e["enabled"]) for e in daemon.json("event", "view", job)}
     assert job_events == {"disable": {"ev_a": False}, "rename": {"ev_renamed": True}, "remove": {}}[change]
 
-    stays(daemon, job, "Waiting")  # the run still waits for ev_a's file
+    stays(daemon, job, "Waiting", SETTLE)  # the run still waits for ev_a's file
     run = current_run(daemon, job)
     assert (run["run_id"], events_of(run)) == (run_id, [("ev_a", "Pending")])
     assert not out.exists()
@@ -182,7 +173,7 @@ def test_one_wait_file_releases_one_of_two_waiting_jobs(daemon: Daemon, tmp_path
     arrive(shared)
     (first,) = wait_for_first(daemon, jobs, "Completed")
     (other,) = [j for j in jobs if j != first]
-    stays(daemon, other, "Waiting")  # the file released one run only
+    stays(daemon, other, "Waiting", SETTLE)  # the file released one run only
     assert events_of(current_run(daemon, other)) == [("shared", "Pending")]
     assert lines(tmp_path / "out.txt") == [first]
     assert list(inbox.iterdir()) == []

@@ -37,6 +37,7 @@ from tests.support import (
     live_group_members,
     q,
     status_of,
+    stays,
     step,
     wait_for_path,
     wait_for_status,
@@ -433,16 +434,6 @@ def test_wait_event_timeout_fails_the_run(fresh_daemon: Daemon, tmp_path: Path) 
     assert [(e["event_name"], e["status"]) for e in run["events"]] == [("never_comes", "Timed Out")]
     assert by_step(run)[10]["status"] == "Pending"
     assert not out.exists()
-
-
-def stays(d: Daemon, job: str, status: str, seconds: float) -> None:
-    """Assert the job's run stays in ``status`` for ``seconds``, following every change (``watch``)."""
-    deadline = time.monotonic() + seconds
-    since = -1
-    while (remaining := deadline - time.monotonic()) > 0:
-        result = call(d, "watch", {"names": [job], "since": since, "wait": remaining})
-        assert result["runs"][0]["status"] == status, f"job {job} left {status}: {status_of(d, job)}"
-        since = result["version"]
 
 
 def test_wait_event_ignores_a_file_still_being_written(fresh_daemon: Daemon, tmp_path: Path) -> None:

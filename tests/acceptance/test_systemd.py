@@ -762,13 +762,12 @@ def test_logrotate_example_parses(tmp_path: Path) -> None:
     config = tmp_path / "loadmgr.logrotate"
     config.write_text("\n".join(lines) + "\n")
     config.chmod(0o644)
-    result = subprocess.run(
-        [logrotate, "-d", "-s", str(tmp_path / "state"), str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def run_logrotate(mode: str) -> subprocess.CompletedProcess[str]:
+        command = [logrotate, mode, "-s", str(tmp_path / "state"), str(config)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    result = run_logrotate("-d")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "error" not in output.lower(), output
@@ -778,12 +777,6 @@ def test_logrotate_example_parses(tmp_path: Path) -> None:
 
     # A real rotation: a finished run's log moves aside, and no empty file is left in its place
     # (loadmgrd creates the new file itself for a run in progress, on SIGUSR1).
-    forced = subprocess.run(
-        [logrotate, "-f", "-s", str(tmp_path / "state"), str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    forced = run_logrotate("-f")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert sorted(p.name for p in logs.iterdir()) == ["loadmgr_job_20250101000000.log.1"]
